@@ -1,0 +1,58 @@
+# Two commands: `make demo` runs the main job end to end on the embedded survey;
+# `make test` runs the test suite. Both set up .venv themselves on first use.
+
+SHELL := /bin/bash
+VENV ?= .venv
+DEMO_DIR ?= demo
+DEMO_VISITS ?= 4
+DEMO_DETECTORS ?= 4
+DEMO_SIZE ?= 1024
+DEMO_SEED ?= 1
+JOBS ?= 2
+
+# The first Python >= 3.12 on PATH, else the newest one pyenv has installed.
+find_python = $(shell \
+  for p in python3.12 python3.13 python3.14 python3 python; do \
+    c=$$(command -v $$p 2>/dev/null) || continue; \
+    $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; exit 0; }; \
+  done; \
+  root=$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv); \
+  for c in $$(ls -d $$root/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -V); do \
+    $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; exit 0; }; \
+  done)
+
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup lint clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@py="$(find_python)"; \
+	if [ -z "$$py" ]; then echo "No Python >= 3.12 found on PATH or in pyenv; install one." >&2; exit 1; fi; \
+	echo "Setting up $(VENV) with $$py"; \
+	[ -x $(VENV)/bin/python ] || $$py -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet --progress-bar off -e '.[test]'
+	@touch $@
+
+demo: $(STAMP)
+	@rm -rf $(DEMO_DIR)/repo
+	@mkdir -p $(DEMO_DIR)
+	@echo "== 1/1 Embedded survey: $(DEMO_VISITS) visits x $(DEMO_DETECTORS) detectors of $(DEMO_SIZE)^2 px"
+	$(VENV)/bin/trail-detect make-repo $(DEMO_DIR)/repo --visits $(DEMO_VISITS) --detectors $(DEMO_DETECTORS) \
+	  --size $(DEMO_SIZE) --seed $(DEMO_SEED) -j $(JOBS)
+	@echo "== What was made"
+	$(VENV)/bin/butler query-collections $(DEMO_DIR)/repo
+	$(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo visit_image visit_image_truth source \
+	  --collections SimCam/runs/survey | head -20
+	$(VENV)/bin/python -m lsst.trail_detect.simulation.summary $(DEMO_DIR)/repo SimCam/runs/survey
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -n 2 --durations=15 tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check python tests benchmarks
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

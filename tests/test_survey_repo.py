@@ -1,0 +1,346 @@
+# This file is part of trail_detect.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""End-to-end tests of the embedded survey: make-repo, pipetask, Butler queries, physics."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import lsst.utils.tests
+import numpy as np
+
+SIZE = 512
+VISITS = 2
+DETECTORS = 2
+
+
+def trail_detect_command() -> list[str]:
+    """Return the command line of the installed ``trail-detect`` entry point."""
+    exe = Path(sys.executable).parent / "trail-detect"
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", "from lsst.trail_detect.cli.trail_detect import main; main()"]
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``trail-detect`` in a subprocess."""
+    proc = subprocess.run(trail_detect_command() + list(args), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"trail-detect {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class SurveyRepoTestCase(lsst.utils.tests.TestCase):
+    """Build a small survey repository once with ``trail-detect make-repo`` and check it."""
+
+    @classmethod
+    def setUpClass(cls):
+        from lsst.daf.butler import Butler
+
+        cls.tmp = tempfile.mkdtemp(prefix="trail_detect_survey_")
+        cls.repo = os.path.join(cls.tmp, "repo")
+        cls.proc = run_cli("make-repo", cls.repo, "--visits", str(VISITS), "--detectors", str(DETECTORS),
+                           "--size", str(SIZE), "--seed", "7", "-j", "2")
+        cls.butler = Butler.from_config(cls.repo, collections="SimCam/runs/survey")
+        cls.refs = sorted(cls.butler.query_datasets("visit_image", limit=None),
+                          key=lambda r: (r.dataId["visit"], r.dataId["detector"]))
+
+    @classmethod
+    def tearDownClass(cls):
+        del cls.butler
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def load(self, ref):
+        return (self.butler.get(ref), self.butler.get("visit_image_truth", ref.dataId),
+                self.butler.get("source", ref.dataId))
+
+    def test_outputs_and_records(self):
+        """Every (visit, detector) has its image, truth and sources; records are complete."""
+        self.assertEqual(len(self.refs), VISITS * DETECTORS)
+        self.assertIn("Outputs are in collection SimCam/runs/survey", self.proc.stdout)
+        for name in ("visit_image_truth", "source", "simulated_visit_image"):
+            self.assertEqual(len(self.butler.query_datasets(name, limit=None)), VISITS * DETECTORS)
+        self.assertEqual(len(self.butler.query_datasets("visit_conditions", limit=None)), VISITS)
+        self.assertGreater(len(self.butler.query_datasets("gaia_dr3_stars", limit=None)), 0)
+        records = list(self.butler.query_dimension_records("visit_detector_region"))
+        self.assertEqual(len(records), VISITS * DETECTORS)
+        import lsst.sphgeom as sg
+
+        for ref in self.refs:
+            image = self.butler.get(ref)
+            self.assertEqual(type(image).__name__, "VisitImage")
+            self.assertEqual(str(image.image.unit), "nJy")
+            self.assertEqual(image.image.array.shape, (SIZE, SIZE))
+            centre = image.sky_projection.pixel_to_sky(_xy(SIZE / 2, SIZE / 2))
+            region = [r.region for r in records
+                      if r.dataId["visit"] == ref.dataId["visit"] and r.dataId["detector"] == ref.dataId["detector"]][0]
+            self.assertTrue(region.contains(sg.UnitVector3d(sg.LonLat.fromDegrees(centre.ra.deg, centre.dec.deg))))
+            visit = list(self.butler.query_dimension_records("visit", data_id=ref.dataId))[0]
+            self.assertTrue(visit.region.contains(
+                sg.UnitVector3d(sg.LonLat.fromDegrees(centre.ra.deg, centre.dec.deg))))
+            self.assertIsNotNone(visit.timespan)
+
+    def test_star_fluxes(self):
+        """Large-aperture fluxes of isolated bright stars equal their true fluxes."""
+        ratios = []
+        for ref in self.refs:
+            image, truth, _ = self.load(ref)
+            arr = image.image.array
+            bad = _planes(image, "SATURATED", "BAD", "COSMIC_RAY", "NO_DATA", "SUSPECT", "INTERPOLATED")
+            sel = _isolated_stars(truth, SIZE, radius=20.0, nu_min=100.0)
+            r = 15.0
+            yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+            for row in truth[sel]:
+                ap = (xx - row["x"]) ** 2 + (yy - row["y"]) ** 2 < r**2
+                if bad[ap].any():
+                    continue
+                ratios.append(arr[ap].sum() / row["flux"])
+        self.assertGreater(len(ratios), 5)
+        # A 15 px (3") radius holds ~98-99% of a Kolmogorov/Moffat PSF.
+        self.assertFloatsAlmostEqual(float(np.median(ratios)), 0.985, atol=0.02)
+
+    def test_noise_normalization(self):
+        """Source-free pixels divided by sqrt(variance) have unit width."""
+        from astropy.stats import mad_std
+
+        for ref in self.refs:
+            image, _, _ = self.load(ref)
+            good = ~_planes(image, "DETECTED", "SATURATED", "BAD", "COSMIC_RAY", "NO_DATA", "INTERPOLATED",
+                            "SUSPECT")
+            z = image.image.array[good] / np.sqrt(image.variance.array[good])
+            self.assertFloatsAlmostEqual(float(mad_std(z)), 1.0, atol=0.05)
+            self.assertLess(abs(float(np.median(z))), 0.1)
+
+    def test_wcs_roundtrip(self):
+        """Pixel -> sky -> pixel is exact; truth stars sit where their RA/Dec project."""
+        from lsst.trail_detect.simulation.camera import detector_wcs
+
+        for ref in self.refs:
+            image, truth, _ = self.load(ref)
+            proj = image.sky_projection
+            x = np.array([0.0, 100.5, SIZE - 1.0])
+            y = np.array([3.0, 250.25, SIZE - 1.0])
+            sky = proj.pixel_to_sky(_xy(x, y))
+            back = proj.sky_to_pixel(sky)
+            np.testing.assert_allclose(back.x, x, atol=1e-6)
+            np.testing.assert_allclose(back.y, y, atol=1e-6)
+            cond = self.butler.get("visit_conditions", ref.dataId)
+            wcs = detector_wcs(cond["boresight_ra"], cond["boresight_dec"], cond["rotation_deg"],
+                               ref.dataId["detector"], SIZE)
+            stars = truth[(truth["type"] == "star") & truth["on_detector"]]
+            px, py = wcs.wcs_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
+            np.testing.assert_allclose(px, stars["x"], atol=1e-4)
+            sky2 = proj.pixel_to_sky(_xy(np.asarray(stars["x"]), np.asarray(stars["y"])))
+            sep = sky2.separation(_skycoord(stars["ra"], stars["dec"])).arcsec
+            self.assertLess(float(np.max(sep)), 1e-3)
+            # The pixel scale is 0.2"/px.
+            a = proj.pixel_to_sky(_xy(0.0, 0.0))
+            b = proj.pixel_to_sky(_xy(100.0, 0.0))
+            self.assertFloatsAlmostEqual(a.separation(b).arcsec / 100.0, 0.2, rtol=1e-3)
+
+    def test_mask_planes(self):
+        """Mask planes mark what they claim."""
+        cond = self.butler.get("visit_conditions", self.refs[0].dataId)
+        for ref in self.refs:
+            image, truth, sources = self.load(ref)
+            arr, var = image.image.array, image.variance.array
+            sat = image.mask.get("SATURATED")
+            if sat.any():
+                # Saturated pixels sit at the full well (minus the subtracted sky), far above the noise.
+                level = cond["full_well"] / cond["gain"] * image.metadata["NJY_PER_ADU"]
+                self.assertGreater(float(np.median(arr[sat])), 0.5 * level)
+                sat_stars = truth[truth["saturated"]]
+                self.assertGreater(len(sat_stars), 0)
+            no_data = image.mask.get("NO_DATA")
+            if no_data.any():
+                self.assertTrue(np.all(arr[no_data] == 0.0))
+                self.assertTrue(np.all(np.isnan(var[no_data])))
+            self.assertTrue(np.all(np.isfinite(var[~no_data])))
+            cr = image.mask.get("COSMIC_RAY")
+            interp = image.mask.get("INTERPOLATED")
+            self.assertTrue(np.all(interp[cr]))
+            crs = truth[truth["type"] == "cosmic_ray"]
+            if cr.any():
+                masked = crs[crs["masked"]]
+                self.assertGreater(len(masked), 0)
+                # Every masked pixel is within a few pixels of a masked cosmic ray's track.
+                ys, xs = np.nonzero(cr)
+                d = np.min([_segment_distance(xs, ys, row) for row in masked], axis=0)
+                self.assertLess(float(np.max(d)), 3.0)
+            bad = image.mask.get("BAD")
+            for row in truth[(truth["type"] == "bad_column") & truth["masked"]]:
+                self.assertTrue(bad[int(row["y_start"]):int(row["y_end"]) + 1, int(row["x"])].all())
+            for row in truth[(truth["type"] == "hot_pixel") & truth["masked"]]:
+                self.assertTrue(bad[int(row["y"]), int(row["x"])])
+            # DETECTED covers every source peak; DETECTION_EDGE is a border.
+            detected = image.mask.get("DETECTED")
+            if len(sources):
+                self.assertTrue(np.all(detected[np.round(sources["y"]).astype(int),
+                                                np.round(sources["x"]).astype(int)]))
+            edge = image.mask.get("DETECTION_EDGE")
+            self.assertTrue(edge[0].all() and edge[-1].all() and edge[:, 0].all() and not edge[SIZE // 2, SIZE // 2])
+
+    def test_source_catalog(self):
+        """`source` finds bright truth stars and misses faint ones as a 5-sigma threshold should."""
+        from scipy.spatial import cKDTree
+
+        bright_found, faint_found, n_bright, n_faint = 0, 0, 0, 0
+        for ref in self.refs:
+            image, truth, sources = self.load(ref)
+            for col in ("coord_ra", "coord_dec", "x", "y", "psfFlux", "psfFluxErr", "extendedness",
+                        "pixelFlags_saturated", "pixelFlags_edge"):
+                self.assertIn(col, sources.colnames)
+            self.assertEqual(str(sources["coord_ra"].unit), "deg")
+            tree = cKDTree(np.stack([sources["x"], sources["y"]], axis=1))
+            stars = truth[(truth["type"] == "star") & truth["on_detector"] & ~truth["saturated"]]
+            inner = (stars["x"] > 10) & (stars["x"] < SIZE - 10) & (stars["y"] > 10) & (stars["y"] < SIZE - 10)
+            stars = stars[inner]
+            dist, _ = tree.query(np.stack([stars["x"], stars["y"]], axis=1))
+            bright = stars["nu_psf"] > 15
+            faint = stars["nu_psf"] < 2
+            n_bright += int(bright.sum())
+            n_faint += int(faint.sum())
+            bright_found += int((dist[bright] < 1.5).sum())
+            faint_found += int((dist[faint] < 1.5).sum())
+            # Coordinates agree with the image's WCS.
+            sky = image.sky_projection.pixel_to_sky(_xy(np.asarray(sources["x"]), np.asarray(sources["y"])))
+            np.testing.assert_allclose(sky.ra.deg, sources["coord_ra"], atol=1e-7)
+        self.assertGreater(n_bright, 10)
+        self.assertGreater(bright_found / n_bright, 0.95)
+        self.assertGreater(n_faint, 10)
+        self.assertLess(faint_found / n_faint, 0.1)
+
+
+class BadInputTestCase(lsst.utils.tests.TestCase):
+    """make-repo refuses bad input clearly and leaves nothing half-made."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="trail_detect_bad_")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_non_empty_repo_path(self):
+        repo = Path(self.tmp, "repo")
+        repo.mkdir()
+        (repo / "precious.txt").write_text("keep me")
+        proc = run_cli("make-repo", str(repo), "--visits", "1", "--detectors", "1", "--size", "64", check=False)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("is not empty", proc.stderr)
+        self.assertEqual(sorted(p.name for p in repo.iterdir()), ["precious.txt"])
+        self.assertEqual((repo / "precious.txt").read_text(), "keep me")
+
+    def test_unreadable_catalog(self):
+        bad = Path(self.tmp, "stars.fits")
+        bad.write_bytes(b"this is not a FITS file")
+        repo = Path(self.tmp, "repo")
+        proc = run_cli("make-repo", str(repo), "--catalog", str(bad), "--size", "64", check=False)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("stars.fits", proc.stderr)
+        self.assertFalse(repo.exists())
+
+    def test_catalog_without_columns(self):
+        from astropy.table import Table
+
+        path = Path(self.tmp, "nocols.ecsv")
+        Table({"flux": [1.0, 2.0], "name": ["a", "b"]}).write(path)
+        repo = Path(self.tmp, "repo")
+        proc = run_cli("make-repo", str(repo), "--catalog", str(path), "--size", "64", check=False)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("nocols.ecsv", proc.stderr)
+        self.assertIn("flux", proc.stderr)  # names the columns it found
+        self.assertFalse(repo.exists())
+
+    def test_gaia_unreachable(self):
+        repo = Path(self.tmp, "repo")
+        env_proc = subprocess.run(
+            trail_detect_command() + ["make-repo", str(repo), "--catalog", "gaia", "--size", "64",
+                                      "--visits", "1", "--detectors", "1"],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+            env=dict(os.environ, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9"),
+        )
+        self.assertNotEqual(env_proc.returncode, 0)
+        self.assertIn("Gaia", env_proc.stderr)
+        self.assertNotIn("Traceback", env_proc.stderr)
+        self.assertFalse(repo.exists())
+
+
+def _xy(x, y):
+    from lsst.images import XY
+
+    return XY(x, y)
+
+
+def _skycoord(ra, dec):
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    return SkyCoord(np.asarray(ra) * u.deg, np.asarray(dec) * u.deg)
+
+
+def _planes(image, *names):
+    out = np.zeros(image.image.array.shape, dtype=bool)
+    for name in names:
+        out |= image.mask.get(name)
+    return out
+
+
+def _isolated_stars(truth, size, radius, nu_min):
+    """Select unsaturated stars with no other truth object within ``radius`` pixels."""
+    from scipy.spatial import cKDTree
+
+    pts = np.stack([truth["x"], truth["y"]], axis=1)
+    tree = cKDTree(pts)
+    counts = np.array([len(tree.query_ball_point(p, radius)) for p in pts])
+    return ((truth["type"] == "star") & ~truth["saturated"] & (truth["nu_psf"] > nu_min) & (counts == 1)
+            & (truth["x"] > radius) & (truth["x"] < size - radius) & (truth["y"] > radius)
+            & (truth["y"] < size - radius))
+
+
+def _segment_distance(xs, ys, row):
+    """Distance of pixels from a truth segment."""
+    x0, y0, x1, y1 = row["x_start"], row["y_start"], row["x_end"], row["y_end"]
+    if row["subtype"] == "worm":
+        # Curled electron tracks: within their random-walk radius of the midpoint.
+        return np.maximum(np.hypot(xs - 0.5 * (x0 + x1), ys - 0.5 * (y0 + y1)) - 13.0, 0.0)
+    dx, dy = x1 - x0, y1 - y0
+    length2 = dx * dx + dy * dy
+    t = np.clip(((xs - x0) * dx + (ys - y0) * dy) / length2, 0, 1) if length2 > 0 else np.zeros(len(xs))
+    return np.hypot(xs - (x0 + t * dx), ys - (y0 + t * dy))
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
