@@ -105,22 +105,17 @@ class DetectSourcesStackLikeTask(pipeBase.PipelineTask):
         planes = {name: exposure.mask.get(name) for name in names}
         sigma = float(exposure.psf.sigma) if hasattr(exposure.psf, "sigma") else float(
             exposure.summary_stats.psfSigma)
-        bad = np.zeros(image.shape, dtype=bool)
-        for name in self.config.excluded_planes:
-            if name in planes:
-                bad |= planes[name]
         edge_width = int(math.ceil(3.0 * sigma))
         wcs = exposure.sky_projection.as_astropy(exposure.bbox)
 
         def pixel_to_sky(x, y):
+            # 0-based array coordinates, as the VisitImage's bbox starts at 0.
             coords = wcs.pixel_to_world(np.asarray(x), np.asarray(y))
             return coords.ra.deg, coords.dec.deg
 
-        use_planes = dict(planes)
-        for name in self.config.excluded_planes:
-            use_planes[name] = planes.get(name, bad)
         table, detected = detect_sources(
-            image, variance, sigma, mask_planes=use_planes, threshold=self.config.threshold,
+            image, variance, sigma, mask_planes=planes, threshold=self.config.threshold,
+            exclude_planes=tuple(self.config.excluded_planes),
             grow_sigma=self.config.grow_sigma, edge_width=edge_width, pixel_to_sky=pixel_to_sky,
             flux_unit=u.nJy,
         )
