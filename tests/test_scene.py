@@ -36,12 +36,12 @@ from lsst.trail_detect.simulation.scene import (
 from lsst.trail_detect.simulation.survey import plan_survey
 
 
-def _catalog(conditions, n=300, seed=3):
+def _catalog(conditions, n=400, seed=3):
     rng = np.random.default_rng(seed)
     return Table({
         "source_id": np.arange(n, dtype=np.int64),
-        "ra": conditions["boresight_ra"] + rng.uniform(-0.25, 0.25, n),
-        "dec": conditions["boresight_dec"] + rng.uniform(-0.25, 0.25, n),
+        "ra": conditions["boresight_ra"] + rng.uniform(-0.05, 0.05, n),
+        "dec": conditions["boresight_dec"] + rng.uniform(-0.05, 0.05, n),
         "phot_g_mean_mag": rng.uniform(12.0, 21.0, n),
         "bp_rp": rng.uniform(0.5, 2.0, n),
         "pmra": rng.normal(0, 5, n),
@@ -55,15 +55,17 @@ class SceneTestCase(lsst.utils.tests.TestCase):
     def setUpClass(cls):
         cls.conditions = plan_survey(1, 1, 384, seed=11)[0]
         cls.stars = _catalog(cls.conditions)
-        cls.sim = simulate_detector(cls.conditions, 0, cls.stars, catalog_mag_limit=21.0)
+        # Detector 4 sits on the boresight; a high cosmic-ray rate makes sure some are masked.
+        cls.params = SceneParameters(cosmic_ray_rate=100.0)
+        cls.sim = simulate_detector(cls.conditions, 4, cls.stars, catalog_mag_limit=21.0, params=cls.params)
 
     def test_reproducible(self):
         """The same conditions and seeds give the same image."""
-        again = simulate_detector(self.conditions, 0, self.stars, catalog_mag_limit=21.0)
+        again = simulate_detector(self.conditions, 4, self.stars, catalog_mag_limit=21.0, params=self.params)
         np.testing.assert_array_equal(again.image, self.sim.image)
         self.assertEqual(len(again.truth), len(self.sim.truth))
         other = dict(self.conditions, seed=self.conditions["seed"] + 1)
-        different = simulate_detector(other, 0, self.stars, catalog_mag_limit=21.0)
+        different = simulate_detector(other, 4, self.stars, catalog_mag_limit=21.0, params=self.params)
         self.assertFalse(np.array_equal(different.image, self.sim.image))
 
     def test_noise_is_what_variance_says(self):
@@ -83,9 +85,12 @@ class SceneTestCase(lsst.utils.tests.TestCase):
             for row in sim.truth[sim.truth["type"] == kind]:
                 masked[int(row["y"]) if kind == "hot_pixel" else slice(None), int(row["x"])] = True
         z = ((sim.image - sim.model) / np.sqrt(sim.variance))[~masked]
-        # The residual also carries the background-subtraction error, which is small.
         self.assertFloatsAlmostEqual(float(np.std(z)), 1.0, atol=0.03)
-        self.assertLess(abs(float(np.mean(z))), 0.05)
+        # The residual's mean is the background-subtraction error: the cell medians include the
+        # light of faint sources, so the sky is over-subtracted by a small fraction of the noise,
+        # as in real processing.
+        self.assertLess(float(np.mean(z)), 0.05)
+        self.assertGreater(float(np.mean(z)), -0.25)
 
     def test_star_truth(self):
         """Catalog stars land where the WCS says, with their catalog brightness."""

@@ -87,7 +87,8 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(len(self.butler.query_datasets("visit_conditions", limit=None)), VISITS)
         self.assertGreater(len(self.butler.query_datasets("gaia_dr3_stars", limit=None)), 0)
         records = list(self.butler.query_dimension_records("visit_detector_region"))
-        self.assertEqual(len(records), VISITS * DETECTORS)
+        # Regions exist for every detector of the raft; the simulated ones are a subset.
+        self.assertEqual(len(records), VISITS * 9)
         import lsst.sphgeom as sg
 
         for ref in self.refs:

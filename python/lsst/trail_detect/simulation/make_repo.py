@@ -34,6 +34,7 @@ __all__ = (
     "make_repo",
     "register_survey",
     "run_pipetask",
+    "survey_data_query",
 )
 
 import dataclasses
@@ -46,7 +47,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .camera import detector_corners_sky, detector_wcs
+from .camera import N_DETECTORS, detector_corners_sky, detector_wcs
 from .survey import DEFAULT_FIELD, plan_survey
 
 _LOG = logging.getLogger(__name__)
@@ -162,8 +163,10 @@ def register_survey(butler, plan: Sequence[dict]) -> None:
                                                                    f"{str(day_obs)[6:]}T12:00:00", scale="tai"),
                                                  None)}
             )
+            # Regions cover the whole raft, so that every (visit, detector) data ID is complete; the
+            # detectors that are simulated are selected by the data query.
             region = visit_polygon(visit["boresight_ra"], visit["boresight_dec"], visit["rotation_deg"],
-                                   visit["detectors"], visit["size"])
+                                   range(N_DETECTORS), visit["size"])
             registry.insertDimensionData("visit", {
                 "instrument": INSTRUMENT,
                 "id": visit["visit"],
@@ -181,7 +184,7 @@ def register_survey(butler, plan: Sequence[dict]) -> None:
             registry.insertDimensionData(
                 "visit_system_membership", {"instrument": INSTRUMENT, "visit": visit["visit"], "visit_system": 0}
             )
-            for det in visit["detectors"]:
+            for det in range(N_DETECTORS):
                 wcs = detector_wcs(visit["boresight_ra"], visit["boresight_dec"], visit["rotation_deg"], det,
                                    visit["size"])
                 registry.insertDimensionData("visit_detector_region", {
@@ -190,6 +193,12 @@ def register_survey(butler, plan: Sequence[dict]) -> None:
                 })
     for visit in plan:
         butler.put(dict(visit), conditions_type, instrument=INSTRUMENT, visit=visit["visit"], run=CONDITIONS_RUN)
+
+
+def survey_data_query(plan: Sequence[dict]) -> str:
+    """Return the pipetask data query selecting the simulated (visit, detector) pairs."""
+    detectors = sorted({d for visit in plan for d in visit["detectors"]})
+    return f"instrument = '{INSTRUMENT}' AND detector IN ({', '.join(str(d) for d in detectors)})"
 
 
 def _pipetask_command() -> list[str]:
@@ -232,7 +241,8 @@ def run_pipetask(repo: Path, pipeline: Path | str, inputs: Sequence[str], output
             line = line.rstrip()
             lines.append(line)
             if echo is not None and _is_progress_line(line):
-                echo(line)
+                # Keep the message, drop the long-log prefix (time, logger, data ID, source line).
+                echo("  " + line.split(") - ", 1)[-1])
         proc.wait()
     if proc.returncode != 0:
         tail = "\n".join(lines[-30:])
@@ -356,7 +366,8 @@ def make_repo(
             f"{n_shards} gaia_dr3_stars shards (htm7).")
         del butler
         say(f"Running pipetask on {pipeline.name} ({len(plan) * detectors} quanta per task, -j {jobs})...")
-        run_pipetask(repo, pipeline, [DEFAULTS_COLLECTION], SURVEY_OUTPUT, jobs=jobs, echo=say)
+        run_pipetask(repo, pipeline, [DEFAULTS_COLLECTION], SURVEY_OUTPUT, jobs=jobs, echo=say,
+                     data_query=survey_data_query(plan))
     except BaseException:
         _remove_repo(repo, existed)
         raise

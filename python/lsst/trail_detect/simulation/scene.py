@@ -477,6 +477,21 @@ def estimate_background(image: np.ndarray, cell: int, exclude: np.ndarray | None
     return spline(np.arange(size_y), np.arange(size_x)).astype(np.float32)
 
 
+def _source_mask(image: np.ndarray, pixel_sigma: float, smooth: float = 2.0, nsigma: float = 2.0,
+                 grow: int = 4) -> np.ndarray:
+    """Mask the pixels of sources, as a first detection pass before the final background.
+
+    The image is smoothed with a Gaussian of ``smooth`` pixels; pixels above
+    ``nsigma`` times the smoothed noise are masked and the mask is grown by
+    ``grow`` pixels. ``image`` must already have a first background removed.
+    """
+    from scipy.ndimage import binary_dilation, gaussian_filter
+
+    smoothed = gaussian_filter(image, smooth, mode="nearest")
+    noise = pixel_sigma / (2.0 * math.sqrt(math.pi) * smooth)
+    return binary_dilation(smoothed > nsigma * noise, iterations=grow)
+
+
 def _interpolate_over(image: np.ndarray, bad: np.ndarray, sigma: float = 2.0) -> np.ndarray:
     """Replace bad pixels by a Gaussian-weighted mean of good neighbours."""
     from scipy.ndimage import gaussian_filter
@@ -746,7 +761,10 @@ def simulate_detector(
     no_data = np.zeros((size, size), dtype=bool)
     if dead is not None:
         no_data[dead] = True
+    # Two passes as in the stack: a first background, a source mask over it, the final background.
     exclude = saturated | bad | no_data | (cr_charge > 0)
+    first = estimate_background(adu, params.background_cell, exclude=exclude)
+    exclude |= _source_mask(adu - first, math.sqrt(sky_level + read_noise**2) / gain)
     background = estimate_background(adu, params.background_cell, exclude=exclude)
     adu -= background
     background_nJy = float(np.mean(background)) * gain * njy_per_e
