@@ -40,7 +40,9 @@ import numpy as np
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=4096, help="Image size (pixels).")
     parser.add_argument("--repeat", type=int, default=1, help="Detectors to simulate (different visits).")
     parser.add_argument("--seed", type=int, default=1, help="Survey seed.")
@@ -71,10 +73,15 @@ def main() -> None:
             t3 = time.perf_counter()
             megabytes = os.path.getsize(path) / 1e6
         kinds, counts = np.unique(np.asarray(sim.truth["type"]), return_counts=True)
-        print(f"visit {conditions['visit']} ({args.size}x{args.size} px): seeing "
-              f"{conditions['seeing_fwhm_arcsec']:.2f}\", " + ", ".join(f"{k} {c}" for k, c in zip(kinds, counts)))
-        print(f"  render {t1 - t0:.2f} s, VisitImage {t2 - t1:.2f} s, FITS write {t3 - t2:.2f} s "
-              f"({megabytes:.0f} MB)")
+        print(
+            f"visit {conditions['visit']} ({args.size}x{args.size} px): seeing "
+            f'{conditions["seeing_fwhm_arcsec"]:.2f}", '
+            + ", ".join(f"{k} {c}" for k, c in zip(kinds, counts))
+        )
+        print(
+            f"  render {t1 - t0:.2f} s, VisitImage {t2 - t1:.2f} s, FITS write {t3 - t2:.2f} s "
+            f"({megabytes:.0f} MB)"
+        )
         times.append(t2 - t0)
     print(f"cpu cores: {os.cpu_count()}")
     print(f"simulate_seconds_per_detector: {np.mean(times):.2f}")

@@ -21,15 +21,14 @@
 
 """SimCam geometry, the instrument, the pipelines and the package as a whole."""
 
-import math
 import subprocess
 import sys
 import unittest
 from pathlib import Path
 
-import lsst.utils.tests
 import numpy as np
 
+import lsst.utils.tests
 from lsst.trail_detect.simulation import camera
 
 
@@ -55,8 +54,11 @@ class CameraTestCase(lsst.utils.tests.TestCase):
         c = w.pixel_to_world(500, 600)
         self.assertGreater(c.dec.deg, a.dec.deg)
         w90 = camera.detector_wcs(95.0, -25.0, 90.0, 4, 1024)
-        self.assertFloatsAlmostEqual(w90.pixel_to_world(500, 500).position_angle(
-            w90.pixel_to_world(500, 600)).deg % 360, 90.0, atol=0.01)
+        self.assertFloatsAlmostEqual(
+            w90.pixel_to_world(500, 500).position_angle(w90.pixel_to_world(500, 600)).deg % 360,
+            90.0,
+            atol=0.01,
+        )
 
     def test_polygon_contains_detector(self):
         import lsst.sphgeom as sg
@@ -65,7 +67,9 @@ class CameraTestCase(lsst.utils.tests.TestCase):
         poly = camera.detector_polygon(w, 512)
         for x, y, inside in ((256, 256, True), (5, 5, True), (-40, 256, False), (600, 256, False)):
             c = w.pixel_to_world(x, y)
-            self.assertEqual(poly.contains(sg.UnitVector3d(sg.LonLat.fromDegrees(c.ra.deg, c.dec.deg))), inside)
+            self.assertEqual(
+                poly.contains(sg.UnitVector3d(sg.LonLat.fromDegrees(c.ra.deg, c.dec.deg))), inside
+            )
         visit = camera.visit_polygon(10.0, 60.0, 12.0, [0, 2, 6, 8], 512)
         c = camera.detector_wcs(10.0, 60.0, 12.0, 4, 512).pixel_to_world(256, 256)
         self.assertTrue(visit.contains(sg.UnitVector3d(sg.LonLat.fromDegrees(c.ra.deg, c.dec.deg))))
@@ -114,7 +118,6 @@ class InstrumentTestCase(lsst.utils.tests.TestCase):
         import tempfile
 
         from lsst.daf.butler import Butler
-
         from lsst.trail_detect.instrument import SimCam
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +142,6 @@ class PipelinesTestCase(lsst.utils.tests.TestCase):
 
         from lsst.pipe.base import Pipeline
         from lsst.pipe.base.testUtils import lintConnections
-
         from lsst.trail_detect.paths import package_dir
 
         os.environ.setdefault("TRAIL_DETECT_DIR", str(package_dir()))
@@ -173,11 +175,20 @@ class CliTestCase(lsst.utils.tests.TestCase):
     def test_layout(self):
         """The package carries the Rubin layout pieces."""
         root = Path(__file__).resolve().parents[1]
-        for name in ("SConstruct", "ups/trail_detect.table", "LICENSE", "COPYRIGHT", "pyproject.toml",
-                     "doc/lsst.trail_detect/index.rst", "python/lsst/__init__.py", "README.md"):
+        for name in (
+            "SConstruct",
+            "ups/trail_detect.table",
+            "LICENSE",
+            "COPYRIGHT",
+            "pyproject.toml",
+            "doc/lsst.trail_detect/index.rst",
+            "python/lsst/__init__.py",
+            "README.md",
+        ):
             self.assertTrue((root / name).exists(), name)
-        self.assertIn('versionModuleName="python/lsst/trail_detect/version.py"',
-                      (root / "SConstruct").read_text())
+        self.assertIn(
+            'versionModuleName="python/lsst/trail_detect/version.py"', (root / "SConstruct").read_text()
+        )
 
     def test_entry_point(self):
         exe = Path(sys.executable).parent / "trail-detect"

@@ -23,10 +23,10 @@
 
 import unittest
 
-import lsst.utils.tests
 import numpy as np
 from astropy.table import Table
 
+import lsst.utils.tests
 from lsst.trail_detect.simulation.scene import (
     SceneParameters,
     estimate_background,
@@ -38,16 +38,18 @@ from lsst.trail_detect.simulation.survey import plan_survey
 
 def _catalog(conditions, n=400, seed=3):
     rng = np.random.default_rng(seed)
-    return Table({
-        "source_id": np.arange(n, dtype=np.int64),
-        "ra": conditions["boresight_ra"] + rng.uniform(-0.05, 0.05, n),
-        "dec": conditions["boresight_dec"] + rng.uniform(-0.05, 0.05, n),
-        "phot_g_mean_mag": rng.uniform(12.0, 21.0, n),
-        "bp_rp": rng.uniform(0.5, 2.0, n),
-        "pmra": rng.normal(0, 5, n),
-        "pmdec": rng.normal(0, 5, n),
-        "parallax": np.full(n, np.nan),
-    })
+    return Table(
+        {
+            "source_id": np.arange(n, dtype=np.int64),
+            "ra": conditions["boresight_ra"] + rng.uniform(-0.05, 0.05, n),
+            "dec": conditions["boresight_dec"] + rng.uniform(-0.05, 0.05, n),
+            "phot_g_mean_mag": rng.uniform(12.0, 21.0, n),
+            "bp_rp": rng.uniform(0.5, 2.0, n),
+            "pmra": rng.normal(0, 5, n),
+            "pmdec": rng.normal(0, 5, n),
+            "parallax": np.full(n, np.nan),
+        }
+    )
 
 
 class SceneTestCase(lsst.utils.tests.TestCase):
@@ -78,7 +80,7 @@ class SceneTestCase(lsst.utils.tests.TestCase):
             masked |= plane
         masked = binary_dilation(masked, iterations=10)
         crs = sim.truth[sim.truth["type"] == "cosmic_ray"]
-        yy, xx = np.mgrid[0:sim.image.shape[0], 0:sim.image.shape[1]]
+        yy, xx = np.mgrid[0 : sim.image.shape[0], 0 : sim.image.shape[1]]
         for row in crs:  # unmasked cosmic rays are real signal not in the model
             masked |= np.hypot(xx - row["x"], yy - row["y"]) < row["length"] / 2 + 15
         for kind in ("hot_pixel", "bad_column"):
@@ -104,9 +106,11 @@ class SceneTestCase(lsst.utils.tests.TestCase):
         size = model.shape[0]
         for row in stars:
             if 40 < row["x"] < size - 40 and 40 < row["y"] < size - 40 and row["mag"] > 16:
-                box = model[int(row["y"]) - 30:int(row["y"]) + 31, int(row["x"]) - 30:int(row["x"]) + 31]
-                others = self.sim.truth[(np.abs(self.sim.truth["x"] - row["x"]) < 45)
-                                        & (np.abs(self.sim.truth["y"] - row["y"]) < 45)]
+                box = model[int(row["y"]) - 30 : int(row["y"]) + 31, int(row["x"]) - 30 : int(row["x"]) + 31]
+                others = self.sim.truth[
+                    (np.abs(self.sim.truth["x"] - row["x"]) < 45)
+                    & (np.abs(self.sim.truth["y"] - row["y"]) < 45)
+                ]
                 if len(others) == 1:
                     self.assertFloatsAlmostEqual(float(box.sum()), float(row["flux"]), rtol=0.03)
 
@@ -140,16 +144,35 @@ class SceneTestCase(lsst.utils.tests.TestCase):
         """A very bright star saturates, bleeds along its column and conserves charge."""
         cond = dict(self.conditions, satellite_rate=0.0)
         c = self.conditions
-        bright = Table({"source_id": [1], "ra": [c["boresight_ra"]], "dec": [c["boresight_dec"]],
-                        "phot_g_mean_mag": [12.0], "bp_rp": [0.8], "pmra": [0.0], "pmdec": [0.0],
-                        "parallax": [np.nan]})
+        bright = Table(
+            {
+                "source_id": [1],
+                "ra": [c["boresight_ra"]],
+                "dec": [c["boresight_dec"]],
+                "phot_g_mean_mag": [12.0],
+                "bp_rp": [0.8],
+                "pmra": [0.0],
+                "pmdec": [0.0],
+                "parallax": [np.nan],
+            }
+        )
         # Put the star at the centre of detector 4, which sits on the boresight.
         cond = dict(cond, size=384)
-        sim = simulate_detector(cond, 4, bright, catalog_mag_limit=21.0,
-                                params=SceneParameters(cosmic_ray_rate=0.0, hot_pixel_density=0.0,
-                                                       bad_columns_per_4k=0.0, dead_amp_probability=0.0,
-                                                       galaxy_density_scale=0.0, star_mag_limit=12.5,
-                                                       background_cell=384))
+        sim = simulate_detector(
+            cond,
+            4,
+            bright,
+            catalog_mag_limit=21.0,
+            params=SceneParameters(
+                cosmic_ray_rate=0.0,
+                hot_pixel_density=0.0,
+                bad_columns_per_4k=0.0,
+                dead_amp_probability=0.0,
+                galaxy_density_scale=0.0,
+                star_mag_limit=12.5,
+                background_cell=384,
+            ),
+        )
         sat = sim.masks["SATURATED"]
         self.assertGreater(sat.sum(), 50)
         ys, xs = np.nonzero(sat)

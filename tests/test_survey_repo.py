@@ -29,8 +29,9 @@ import tempfile
 import unittest
 from pathlib import Path
 
-import lsst.utils.tests
 import numpy as np
+
+import lsst.utils.tests
 
 SIZE = 512
 VISITS = 2
@@ -47,8 +48,13 @@ def trail_detect_command() -> list[str]:
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``trail-detect`` in a subprocess."""
-    proc = subprocess.run(trail_detect_command() + list(args), capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=900)
+    proc = subprocess.run(
+        trail_detect_command() + list(args),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=900,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"trail-detect {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -63,11 +69,25 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
 
         cls.tmp = tempfile.mkdtemp(prefix="trail_detect_survey_")
         cls.repo = os.path.join(cls.tmp, "repo")
-        cls.proc = run_cli("make-repo", cls.repo, "--visits", str(VISITS), "--detectors", str(DETECTORS),
-                           "--size", str(SIZE), "--seed", "7", "-j", "2")
+        cls.proc = run_cli(
+            "make-repo",
+            cls.repo,
+            "--visits",
+            str(VISITS),
+            "--detectors",
+            str(DETECTORS),
+            "--size",
+            str(SIZE),
+            "--seed",
+            "7",
+            "-j",
+            "2",
+        )
         cls.butler = Butler.from_config(cls.repo, collections="SimCam/runs/survey")
-        cls.refs = sorted(cls.butler.query_datasets("visit_image", limit=None),
-                          key=lambda r: (r.dataId["visit"], r.dataId["detector"]))
+        cls.refs = sorted(
+            cls.butler.query_datasets("visit_image", limit=None),
+            key=lambda r: (r.dataId["visit"], r.dataId["detector"]),
+        )
 
     @classmethod
     def tearDownClass(cls):
@@ -75,8 +95,11 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def load(self, ref):
-        return (self.butler.get(ref), self.butler.get("visit_image_truth", ref.dataId),
-                self.butler.get("source", ref.dataId))
+        return (
+            self.butler.get(ref),
+            self.butler.get("visit_image_truth", ref.dataId),
+            self.butler.get("source", ref.dataId),
+        )
 
     def test_outputs_and_records(self):
         """Every (visit, detector) has its image, truth and sources; records are complete."""
@@ -97,12 +120,18 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
             self.assertEqual(str(image.image.unit), "nJy")
             self.assertEqual(image.image.array.shape, (SIZE, SIZE))
             centre = image.sky_projection.pixel_to_sky(_xy(SIZE / 2, SIZE / 2))
-            region = [r.region for r in records
-                      if r.dataId["visit"] == ref.dataId["visit"] and r.dataId["detector"] == ref.dataId["detector"]][0]
-            self.assertTrue(region.contains(sg.UnitVector3d(sg.LonLat.fromDegrees(centre.ra.deg, centre.dec.deg))))
+            region = [
+                r.region
+                for r in records
+                if r.dataId["visit"] == ref.dataId["visit"] and r.dataId["detector"] == ref.dataId["detector"]
+            ][0]
+            self.assertTrue(
+                region.contains(sg.UnitVector3d(sg.LonLat.fromDegrees(centre.ra.deg, centre.dec.deg)))
+            )
             visit = list(self.butler.query_dimension_records("visit", data_id=ref.dataId))[0]
-            self.assertTrue(visit.region.contains(
-                sg.UnitVector3d(sg.LonLat.fromDegrees(centre.ra.deg, centre.dec.deg))))
+            self.assertTrue(
+                visit.region.contains(sg.UnitVector3d(sg.LonLat.fromDegrees(centre.ra.deg, centre.dec.deg)))
+            )
             self.assertIsNotNone(visit.timespan)
 
     def test_star_fluxes(self):
@@ -130,8 +159,9 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
 
         for ref in self.refs:
             image, _, _ = self.load(ref)
-            good = ~_planes(image, "DETECTED", "SATURATED", "BAD", "COSMIC_RAY", "NO_DATA", "INTERPOLATED",
-                            "SUSPECT")
+            good = ~_planes(
+                image, "DETECTED", "SATURATED", "BAD", "COSMIC_RAY", "NO_DATA", "INTERPOLATED", "SUSPECT"
+            )
             z = image.image.array[good] / np.sqrt(image.variance.array[good])
             self.assertFloatsAlmostEqual(float(mad_std(z)), 1.0, atol=0.05)
             self.assertLess(abs(float(np.median(z))), 0.1)
@@ -150,8 +180,13 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
             np.testing.assert_allclose(back.x, x, atol=1e-6)
             np.testing.assert_allclose(back.y, y, atol=1e-6)
             cond = self.butler.get("visit_conditions", ref.dataId)
-            wcs = detector_wcs(cond["boresight_ra"], cond["boresight_dec"], cond["rotation_deg"],
-                               ref.dataId["detector"], SIZE)
+            wcs = detector_wcs(
+                cond["boresight_ra"],
+                cond["boresight_dec"],
+                cond["rotation_deg"],
+                ref.dataId["detector"],
+                SIZE,
+            )
             stars = truth[(truth["type"] == "star") & truth["on_detector"]]
             px, py = wcs.wcs_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
             np.testing.assert_allclose(px, stars["x"], atol=1e-4)
@@ -194,16 +229,19 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
                 self.assertLess(float(np.max(d)), 3.0)
             bad = image.mask.get("BAD")
             for row in truth[(truth["type"] == "bad_column") & truth["masked"]]:
-                self.assertTrue(bad[int(row["y_start"]):int(row["y_end"]) + 1, int(row["x"])].all())
+                self.assertTrue(bad[int(row["y_start"]) : int(row["y_end"]) + 1, int(row["x"])].all())
             for row in truth[(truth["type"] == "hot_pixel") & truth["masked"]]:
                 self.assertTrue(bad[int(row["y"]), int(row["x"])])
             # DETECTED covers every source peak; DETECTION_EDGE is a border.
             detected = image.mask.get("DETECTED")
             if len(sources):
-                self.assertTrue(np.all(detected[np.round(sources["y"]).astype(int),
-                                                np.round(sources["x"]).astype(int)]))
+                self.assertTrue(
+                    np.all(detected[np.round(sources["y"]).astype(int), np.round(sources["x"]).astype(int)])
+                )
             edge = image.mask.get("DETECTION_EDGE")
-            self.assertTrue(edge[0].all() and edge[-1].all() and edge[:, 0].all() and not edge[SIZE // 2, SIZE // 2])
+            self.assertTrue(
+                edge[0].all() and edge[-1].all() and edge[:, 0].all() and not edge[SIZE // 2, SIZE // 2]
+            )
 
     def test_source_catalog(self):
         """`source` finds bright truth stars and misses faint ones as a 5-sigma threshold should."""
@@ -212,13 +250,24 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
         bright_found, faint_found, n_bright, n_faint = 0, 0, 0, 0
         for ref in self.refs:
             image, truth, sources = self.load(ref)
-            for col in ("coord_ra", "coord_dec", "x", "y", "psfFlux", "psfFluxErr", "extendedness",
-                        "pixelFlags_saturated", "pixelFlags_edge"):
+            for col in (
+                "coord_ra",
+                "coord_dec",
+                "x",
+                "y",
+                "psfFlux",
+                "psfFluxErr",
+                "extendedness",
+                "pixelFlags_saturated",
+                "pixelFlags_edge",
+            ):
                 self.assertIn(col, sources.colnames)
             self.assertEqual(str(sources["coord_ra"].unit), "deg")
             tree = cKDTree(np.stack([sources["x"], sources["y"]], axis=1))
             stars = truth[(truth["type"] == "star") & truth["on_detector"] & ~truth["saturated"]]
-            inner = (stars["x"] > 10) & (stars["x"] < SIZE - 10) & (stars["y"] > 10) & (stars["y"] < SIZE - 10)
+            inner = (
+                (stars["x"] > 10) & (stars["x"] < SIZE - 10) & (stars["y"] > 10) & (stars["y"] < SIZE - 10)
+            )
             stars = stars[inner]
             dist, _ = tree.query(np.stack([stars["x"], stars["y"]], axis=1))
             bright = stars["nu_psf"] > 15
@@ -249,7 +298,9 @@ class BadInputTestCase(lsst.utils.tests.TestCase):
         repo = Path(self.tmp, "repo")
         repo.mkdir()
         (repo / "precious.txt").write_text("keep me")
-        proc = run_cli("make-repo", str(repo), "--visits", "1", "--detectors", "1", "--size", "64", check=False)
+        proc = run_cli(
+            "make-repo", str(repo), "--visits", "1", "--detectors", "1", "--size", "64", check=False
+        )
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("is not empty", proc.stderr)
         self.assertEqual(sorted(p.name for p in repo.iterdir()), ["precious.txt"])
@@ -279,9 +330,23 @@ class BadInputTestCase(lsst.utils.tests.TestCase):
     def test_gaia_unreachable(self):
         repo = Path(self.tmp, "repo")
         env_proc = subprocess.run(
-            trail_detect_command() + ["make-repo", str(repo), "--catalog", "gaia", "--size", "64",
-                                      "--visits", "1", "--detectors", "1"],
-            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+            trail_detect_command()
+            + [
+                "make-repo",
+                str(repo),
+                "--catalog",
+                "gaia",
+                "--size",
+                "64",
+                "--visits",
+                "1",
+                "--detectors",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=600,
             env=dict(os.environ, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9"),
         )
         self.assertNotEqual(env_proc.returncode, 0)
@@ -317,9 +382,16 @@ def _isolated_stars(truth, size, radius, nu_min):
     pts = np.stack([truth["x"], truth["y"]], axis=1)
     tree = cKDTree(pts)
     counts = np.array([len(tree.query_ball_point(p, radius)) for p in pts])
-    return ((truth["type"] == "star") & ~truth["saturated"] & (truth["nu_psf"] > nu_min) & (counts == 1)
-            & (truth["x"] > radius) & (truth["x"] < size - radius) & (truth["y"] > radius)
-            & (truth["y"] < size - radius))
+    return (
+        (truth["type"] == "star")
+        & ~truth["saturated"]
+        & (truth["nu_psf"] > nu_min)
+        & (counts == 1)
+        & (truth["x"] > radius)
+        & (truth["x"] < size - radius)
+        & (truth["y"] > radius)
+        & (truth["y"] < size - radius)
+    )
 
 
 def _segment_distance(xs, ys, row):

@@ -35,25 +35,56 @@ def _fail(err: Exception) -> click.ClickException:
 @click.command("make-repo")
 @click.argument("repo", type=click.Path(file_okay=False))
 @click.option("--visits", default=4, show_default=True, type=click.IntRange(min=1), help="Number of visits.")
-@click.option("--detectors", default=4, show_default=True, type=click.IntRange(1, 9),
-              help="Detectors per visit (SimCam is one 3x3 raft).")
-@click.option("--size", default=1024, show_default=True, type=click.IntRange(64, 4096),
-              help="Image size per detector in pixels (4096 for a full sensor).")
-@click.option("--seed", default=1, show_default=True, type=int, help="Survey seed; the repository is "
-              "reproducible from it.")
-@click.option("--catalog", default="synthetic", show_default=True,
-              help="Star catalog: 'synthetic' (offline, Gaia-like counts), 'gaia' (query the Gaia archive), "
-              "or a catalog FILE (FITS, ECSV, parquet, CSV).")
+@click.option(
+    "--detectors",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 9),
+    help="Detectors per visit (SimCam is one 3x3 raft).",
+)
+@click.option(
+    "--size",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(64, 4096),
+    help="Image size per detector in pixels (4096 for a full sensor).",
+)
+@click.option(
+    "--seed",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Survey seed; the repository is reproducible from it.",
+)
+@click.option(
+    "--catalog",
+    default="synthetic",
+    show_default=True,
+    help="Star catalog: 'synthetic' (offline, Gaia-like counts), 'gaia' (query the Gaia archive), "
+    "or a catalog FILE (FITS, ECSV, parquet, CSV).",
+)
 @click.option("--field-ra", default=None, type=float, help="Field centre RA (deg).")
 @click.option("--field-dec", default=None, type=float, help="Field centre Dec (deg).")
 @click.option("--bands", default="r", show_default=True, help="Bands the visits cycle through (e.g. 'gri').")
-@click.option("--mag-limit", default=21.0, show_default=True, type=float,
-              help="Faint G limit of catalog stars (fainter stars come from a density model).")
-@click.option("-j", "--jobs", default=2, show_default=True, type=click.IntRange(min=1),
-              help="Processes for pipetask run.")
+@click.option(
+    "--mag-limit",
+    default=21.0,
+    show_default=True,
+    type=float,
+    help="Faint G limit of catalog stars (fainter stars come from a density model).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes for pipetask run.",
+)
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Cache for Gaia queries.")
-def make_repo(repo, visits, detectors, size, seed, catalog, field_ra, field_dec, bands, mag_limit, jobs,
-              cache_dir):
+def make_repo(
+    repo, visits, detectors, size, seed, catalog, field_ra, field_dec, bands, mag_limit, jobs, cache_dir
+):
     """Create REPO holding the embedded simulated survey.
 
     Creates the Butler repository, registers SimCam with its visits and
@@ -65,16 +96,31 @@ def make_repo(repo, visits, detectors, size, seed, catalog, field_ra, field_dec,
     from ..simulation.make_repo import make_repo as _make_repo
     from ..simulation.survey import DEFAULT_FIELD
 
-    field = (DEFAULT_FIELD[0] if field_ra is None else field_ra, DEFAULT_FIELD[1] if field_dec is None else field_dec)
+    field = (
+        DEFAULT_FIELD[0] if field_ra is None else field_ra,
+        DEFAULT_FIELD[1] if field_dec is None else field_dec,
+    )
     try:
-        result = _make_repo(repo, visits=visits, detectors=detectors, size=size, seed=seed, catalog=catalog,
-                            field=field, bands=bands, mag_limit=mag_limit, jobs=jobs, cache_dir=cache_dir,
-                            echo=click.echo)
+        result = _make_repo(
+            repo,
+            visits=visits,
+            detectors=detectors,
+            size=size,
+            seed=seed,
+            catalog=catalog,
+            field=field,
+            bands=bands,
+            mag_limit=mag_limit,
+            jobs=jobs,
+            cache_dir=cache_dir,
+            echo=click.echo,
+        )
     except (MakeRepoError, ValueError) as err:
         raise _fail(err) from None
     click.echo(
         f"Made {result.repo} in {result.seconds:.0f} s: {len(result.visits)} visits x "
-        f"{len(result.detectors)} detectors, {result.n_stars} catalog stars in {result.n_star_shards} shards.\n"
+        f"{len(result.detectors)} detectors, {result.n_stars} catalog stars in "
+        f"{result.n_star_shards} shards.\n"
         f"Outputs are in collection {result.output_collection}; look at them with\n"
         f"  butler query-collections {result.repo}\n"
         f"  butler query-datasets {result.repo} visit_image source visit_image_truth "
@@ -86,10 +132,14 @@ def make_repo(repo, visits, detectors, size, seed, catalog, field_ra, field_dec,
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--ra", required=True, type=float, help="Cone centre RA (deg).")
 @click.option("--dec", required=True, type=click.FloatRange(-90, 90), help="Cone centre Dec (deg).")
-@click.option("--radius", required=True, type=click.FloatRange(min=0, min_open=True), help="Cone radius (deg).")
+@click.option(
+    "--radius", required=True, type=click.FloatRange(min=0, min_open=True), help="Cone radius (deg)."
+)
 @click.option("--mag-limit", default=21.0, show_default=True, type=float, help="Faint G limit.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Query cache directory.")
-@click.option("--overwrite/--no-overwrite", default=False, show_default=True, help="Replace OUT if it exists.")
+@click.option(
+    "--overwrite/--no-overwrite", default=False, show_default=True, help="Replace OUT if it exists."
+)
 def fetch_gaia(out, ra, dec, radius, mag_limit, cache_dir, overwrite):
     """Query Gaia DR3 for the stars in a cone and write them to OUT (FITS, ECSV, parquet)."""
     from ..simulation import gaia

@@ -36,9 +36,13 @@ from .commands import fetch_gaia, ingest_catalog, make_repo
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="trail-detect")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "VERBOSE", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              help="Logging level of the lsst.trail_detect loggers.")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "VERBOSE", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Logging level of the lsst.trail_detect loggers.",
+)
 def cli(log_level: str) -> None:
     """Find faint asteroid trails in Rubin single-visit images.
 

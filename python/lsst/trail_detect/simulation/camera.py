@@ -161,8 +161,9 @@ def detector_polygon(wcs, size: int):
     )
 
 
-def visit_polygon(boresight_ra: float, boresight_dec: float, rotation_deg: float,
-                  detectors: Sequence[int], size: int):
+def visit_polygon(
+    boresight_ra: float, boresight_dec: float, rotation_deg: float, detectors: Sequence[int], size: int
+):
     """Return the convex hull of all detectors of a visit on the sky."""
     import lsst.sphgeom as sg
 
@@ -204,7 +205,9 @@ def make_camera_frame_set(size: int, instrument: str = "SimCam"):
     for det in range(N_DETECTORS):
         xc, yc = detector_center_px(det)
         pixels_to_mm = _ast.CmpMap(
-            _ast.ShiftMap([xc - (size - 1) / 2.0, yc - (size - 1) / 2.0]), _ast.ZoomMap(2, PIXEL_SIZE_MM), True
+            _ast.ShiftMap([xc - (size - 1) / 2.0, yc - (size - 1) / 2.0]),
+            _ast.ZoomMap(2, PIXEL_SIZE_MM),
+            True,
         )
         frame_set.addFrame(
             1,
@@ -218,8 +221,13 @@ def make_camera_frame_set(size: int, instrument: str = "SimCam"):
     return CameraFrameSet(instrument, frame_set)
 
 
-def make_detector(detector: int, size: int, visit: int | None = None,
-                  frames: Any = None, serials: Mapping[int, str] | None = None):
+def make_detector(
+    detector: int,
+    size: int,
+    visit: int | None = None,
+    frames: Any = None,
+    serials: Mapping[int, str] | None = None,
+):
     """Build the `lsst.images.cameras.Detector` of one SimCam detector.
 
     Parameters

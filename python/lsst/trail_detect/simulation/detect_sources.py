@@ -27,15 +27,18 @@ __all__ = ("DetectSourcesStackLikeConfig", "DetectSourcesStackLikeConnections", 
 
 import math
 
+import numpy as np
+
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
-import numpy as np
 
 
 class DetectSourcesStackLikeConnections(
     pipeBase.PipelineTaskConnections, dimensions=("instrument", "visit", "detector")
 ):
+    """Connections of `DetectSourcesStackLikeTask`."""
+
     exposure = cT.Input(
         doc="Calibrated visit image to detect sources on.",
         name="simulated_visit_image",
@@ -59,6 +62,8 @@ class DetectSourcesStackLikeConnections(
 class DetectSourcesStackLikeConfig(
     pipeBase.PipelineTaskConfig, pipelineConnections=DetectSourcesStackLikeConnections
 ):
+    """Configuration of `DetectSourcesStackLikeTask`."""
+
     threshold = pexConfig.Field[float](doc="Detection threshold in PSF-filtered SNR.", default=5.0)
     grow_sigma = pexConfig.Field[float](
         doc="Footprints are grown by this many PSF sigmas (the stack's nSigmaToGrow).", default=2.4
@@ -103,8 +108,11 @@ class DetectSourcesStackLikeTask(pipeBase.PipelineTask):
         variance = exposure.variance.array
         names = exposure.mask.schema.names
         planes = {name: exposure.mask.get(name) for name in names}
-        sigma = float(exposure.psf.sigma) if hasattr(exposure.psf, "sigma") else float(
-            exposure.summary_stats.psfSigma)
+        sigma = (
+            float(exposure.psf.sigma)
+            if hasattr(exposure.psf, "sigma")
+            else float(exposure.summary_stats.psfSigma)
+        )
         edge_width = int(math.ceil(3.0 * sigma))
         wcs = exposure.sky_projection.as_astropy(exposure.bbox)
 
@@ -114,9 +122,15 @@ class DetectSourcesStackLikeTask(pipeBase.PipelineTask):
             return coords.ra.deg, coords.dec.deg
 
         table, detected = detect_sources(
-            image, variance, sigma, mask_planes=planes, threshold=self.config.threshold,
+            image,
+            variance,
+            sigma,
+            mask_planes=planes,
+            threshold=self.config.threshold,
             exclude_planes=tuple(self.config.excluded_planes),
-            grow_sigma=self.config.grow_sigma, edge_width=edge_width, pixel_to_sky=pixel_to_sky,
+            grow_sigma=self.config.grow_sigma,
+            edge_width=edge_width,
+            pixel_to_sky=pixel_to_sky,
             flux_unit=u.nJy,
         )
         result = exposure.copy()
@@ -126,6 +140,10 @@ class DetectSourcesStackLikeTask(pipeBase.PipelineTask):
         result.mask.set("DETECTION_EDGE", edge)
         result.mask.set("DETECTED", detected)
         table.meta.update({"threshold": self.config.threshold, "psf_sigma": sigma})
-        self.log.info("Detected %d sources above %.1f sigma (%.1f%% of pixels DETECTED).",
-                      len(table), self.config.threshold, 100.0 * detected.mean())
+        self.log.info(
+            "Detected %d sources above %.1f sigma (%.1f%% of pixels DETECTED).",
+            len(table),
+            self.config.threshold,
+            100.0 * detected.mean(),
+        )
         return pipeBase.Struct(detected_exposure=result, sources=table)

@@ -85,8 +85,9 @@ def catalog_cone(plan: Sequence[dict], margin_deg: float = 0.02) -> tuple[float,
     corners = []
     for visit in plan:
         for det in visit["detectors"]:
-            wcs = detector_wcs(visit["boresight_ra"], visit["boresight_dec"], visit["rotation_deg"], det,
-                               visit["size"])
+            wcs = detector_wcs(
+                visit["boresight_ra"], visit["boresight_dec"], visit["rotation_deg"], det, visit["size"]
+            )
             corners.append(detector_corners_sky(wcs, visit["size"]))
     import numpy as np
 
@@ -140,6 +141,7 @@ def register_survey(butler, plan: Sequence[dict]) -> None:
     """
     import astropy.time
     import astropy.units as u
+
     from lsst.daf.butler import CollectionType, DatasetType, Timespan
 
     from ..instrument import SimCam
@@ -158,41 +160,65 @@ def register_survey(butler, plan: Sequence[dict]) -> None:
             end = begin + visit["exposure_time"] * u.s
             day_obs = int((begin - 12 * u.hour).strftime("%Y%m%d"))
             registry.syncDimensionData(
-                "day_obs", {"instrument": INSTRUMENT, "id": day_obs,
-                            "timespan": Timespan(astropy.time.Time(f"{str(day_obs)[:4]}-{str(day_obs)[4:6]}-"
-                                                                   f"{str(day_obs)[6:]}T12:00:00", scale="tai"),
-                                                 None)}
+                "day_obs",
+                {
+                    "instrument": INSTRUMENT,
+                    "id": day_obs,
+                    "timespan": Timespan(
+                        astropy.time.Time(
+                            f"{str(day_obs)[:4]}-{str(day_obs)[4:6]}-{str(day_obs)[6:]}T12:00:00", scale="tai"
+                        ),
+                        None,
+                    ),
+                },
             )
             # Regions cover the whole raft, so that every (visit, detector) data ID is complete; the
             # detectors that are simulated are selected by the data query.
-            region = visit_polygon(visit["boresight_ra"], visit["boresight_dec"], visit["rotation_deg"],
-                                   range(N_DETECTORS), visit["size"])
-            registry.insertDimensionData("visit", {
-                "instrument": INSTRUMENT,
-                "id": visit["visit"],
-                "name": f"SIM_{visit['visit']}",
-                "physical_filter": visit["physical_filter"],
-                "day_obs": day_obs,
-                "exposure_time": visit["exposure_time"],
-                "target_name": "embedded_survey",
-                "observation_reason": "science",
-                "science_program": "trail_detect_sim",
-                "zenith_angle": math.degrees(math.acos(1.0 / visit["airmass"])),
-                "timespan": Timespan(begin, end),
-                "region": region,
-            })
+            region = visit_polygon(
+                visit["boresight_ra"],
+                visit["boresight_dec"],
+                visit["rotation_deg"],
+                range(N_DETECTORS),
+                visit["size"],
+            )
             registry.insertDimensionData(
-                "visit_system_membership", {"instrument": INSTRUMENT, "visit": visit["visit"], "visit_system": 0}
+                "visit",
+                {
+                    "instrument": INSTRUMENT,
+                    "id": visit["visit"],
+                    "name": f"SIM_{visit['visit']}",
+                    "physical_filter": visit["physical_filter"],
+                    "day_obs": day_obs,
+                    "exposure_time": visit["exposure_time"],
+                    "target_name": "embedded_survey",
+                    "observation_reason": "science",
+                    "science_program": "trail_detect_sim",
+                    "zenith_angle": math.degrees(math.acos(1.0 / visit["airmass"])),
+                    "timespan": Timespan(begin, end),
+                    "region": region,
+                },
+            )
+            registry.insertDimensionData(
+                "visit_system_membership",
+                {"instrument": INSTRUMENT, "visit": visit["visit"], "visit_system": 0},
             )
             for det in range(N_DETECTORS):
-                wcs = detector_wcs(visit["boresight_ra"], visit["boresight_dec"], visit["rotation_deg"], det,
-                                   visit["size"])
-                registry.insertDimensionData("visit_detector_region", {
-                    "instrument": INSTRUMENT, "visit": visit["visit"], "detector": det,
-                    "region": detector_polygon(wcs, visit["size"]),
-                })
+                wcs = detector_wcs(
+                    visit["boresight_ra"], visit["boresight_dec"], visit["rotation_deg"], det, visit["size"]
+                )
+                registry.insertDimensionData(
+                    "visit_detector_region",
+                    {
+                        "instrument": INSTRUMENT,
+                        "visit": visit["visit"],
+                        "detector": det,
+                        "region": detector_polygon(wcs, visit["size"]),
+                    },
+                )
     for visit in plan:
-        butler.put(dict(visit), conditions_type, instrument=INSTRUMENT, visit=visit["visit"], run=CONDITIONS_RUN)
+        butler.put(
+            dict(visit), conditions_type, instrument=INSTRUMENT, visit=visit["visit"], run=CONDITIONS_RUN
+        )
 
 
 def survey_data_query(plan: Sequence[dict]) -> str:
@@ -212,9 +238,17 @@ def _pipetask_command() -> list[str]:
     return [sys.executable, "-c", "from lsst.ctrl.mpexec.cli.pipetask import main; main()"]
 
 
-def run_pipetask(repo: Path, pipeline: Path | str, inputs: Sequence[str], output: str, *, jobs: int = 1,
-                 data_query: str | None = None, extra: Sequence[str] = (),
-                 echo: Callable[[str], None] | None = None) -> None:
+def run_pipetask(
+    repo: Path,
+    pipeline: Path | str,
+    inputs: Sequence[str],
+    output: str,
+    *,
+    jobs: int = 1,
+    data_query: str | None = None,
+    extra: Sequence[str] = (),
+    echo: Callable[[str], None] | None = None,
+) -> None:
     """Run ``pipetask run`` as a subprocess and stream its log lines.
 
     Raises
@@ -225,8 +259,19 @@ def run_pipetask(repo: Path, pipeline: Path | str, inputs: Sequence[str], output
     from ..paths import package_dir
 
     cmd = _pipetask_command() + [
-        "--long-log", "run", "-b", str(repo), "-i", ",".join(inputs), "-o", output, "-p", str(pipeline),
-        "--register-dataset-types", "-j", str(jobs),
+        "--long-log",
+        "run",
+        "-b",
+        str(repo),
+        "-i",
+        ",".join(inputs),
+        "-o",
+        output,
+        "-p",
+        str(pipeline),
+        "--register-dataset-types",
+        "-j",
+        str(jobs),
     ]
     if data_query:
         cmd += ["-d", data_query]
@@ -234,8 +279,9 @@ def run_pipetask(repo: Path, pipeline: Path | str, inputs: Sequence[str], output
     env = dict(os.environ)
     env.setdefault("TRAIL_DETECT_DIR", str(package_dir()))
     lines: list[str] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          stdin=subprocess.DEVNULL) as proc:
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()
@@ -255,8 +301,9 @@ def _is_progress_line(line: str) -> bool:
     return any(k in line for k in keys) and "DEBUG" not in line
 
 
-def _load_catalog(catalog: str, cone: tuple[float, float, float], seed: int, mag_limit: float,
-                  cache_dir: Path | None):
+def _load_catalog(
+    catalog: str, cone: tuple[float, float, float], seed: int, mag_limit: float, cache_dir: Path | None
+):
     """Return the star catalog for the survey (synthetic, Gaia archive or a file)."""
     from . import gaia
 
@@ -350,8 +397,10 @@ def make_repo(
 
     plan = plan_survey(visits, detectors, size, seed, field=field, bands=bands)
     cone = catalog_cone(plan)
-    say(f"Survey: {visits} visits x {detectors} detectors of {size}x{size} px around "
-        f"RA {field[0]:.2f} Dec {field[1]:.2f}; star catalog cone radius {cone[2]:.2f} deg ({catalog}).")
+    say(
+        f"Survey: {visits} visits x {detectors} detectors of {size}x{size} px around "
+        f"RA {field[0]:.2f} Dec {field[1]:.2f}; star catalog cone radius {cone[2]:.2f} deg ({catalog})."
+    )
     stars = _load_catalog(str(catalog), cone, seed, mag_limit, Path(cache_dir) if cache_dir else None)
     say(f"Star catalog: {len(stars)} stars.")
 
@@ -362,18 +411,32 @@ def make_repo(
         n_shards = ingest_star_catalog(butler, stars, run=REFCAT_RUN)
         butler.registry.registerCollection(DEFAULTS_COLLECTION, CollectionType.CHAINED)
         butler.registry.setCollectionChain(DEFAULTS_COLLECTION, [CONDITIONS_RUN, REFCAT_RUN])
-        say(f"Repository created at {repo}: SimCam registered, {len(plan)} visits, "
-            f"{n_shards} gaia_dr3_stars shards (htm7).")
+        say(
+            f"Repository created at {repo}: SimCam registered, {len(plan)} visits, "
+            f"{n_shards} gaia_dr3_stars shards (htm7)."
+        )
         del butler
         say(f"Running pipetask on {pipeline.name} ({len(plan) * detectors} quanta per task, -j {jobs})...")
-        run_pipetask(repo, pipeline, [DEFAULTS_COLLECTION], SURVEY_OUTPUT, jobs=jobs, echo=say,
-                     data_query=survey_data_query(plan))
+        run_pipetask(
+            repo,
+            pipeline,
+            [DEFAULTS_COLLECTION],
+            SURVEY_OUTPUT,
+            jobs=jobs,
+            echo=say,
+            data_query=survey_data_query(plan),
+        )
     except BaseException:
         _remove_repo(repo, existed)
         raise
     return MakeRepoResult(
-        repo=repo, visits=[v["visit"] for v in plan], detectors=list(plan[0]["detectors"]), n_stars=len(stars),
-        n_star_shards=n_shards, output_collection=SURVEY_OUTPUT, seconds=time.time() - t0,
+        repo=repo,
+        visits=[v["visit"] for v in plan],
+        detectors=list(plan[0]["detectors"]),
+        n_stars=len(stars),
+        n_star_shards=n_shards,
+        output_collection=SURVEY_OUTPUT,
+        seconds=time.time() - t0,
     )
 
 

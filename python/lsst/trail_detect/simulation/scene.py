@@ -304,7 +304,9 @@ def _render_satellite(model_e, p0, p1, flux_per_px, sigma_px) -> None:
     yy, xx = np.mgrid[0:size_y, 0:size_x].astype(np.float32)
     perp = (xx - xa) * nx + (yy - ya) * ny
     sel = np.abs(perp) < 6 * sigma_px
-    model_e[sel] += flux_per_px * np.exp(-0.5 * (perp[sel] / sigma_px) ** 2) / (math.sqrt(2 * math.pi) * sigma_px)
+    model_e[sel] += (
+        flux_per_px * np.exp(-0.5 * (perp[sel] / sigma_px) ** 2) / (math.sqrt(2 * math.pi) * sigma_px)
+    )
 
 
 def _clip_line(x0, y0, x1, y1, size):
@@ -371,8 +373,12 @@ def _cosmic_rays(shape, n, rng, read_sigma_e):
         ix, iy = np.floor(fx).astype(int), np.floor(fy).astype(int)
         ax, ay = fx - ix, fy - iy
         footprint = []
-        for ddx, ddy, wt in ((0, 0, (1 - ax) * (1 - ay)), (1, 0, ax * (1 - ay)), (0, 1, (1 - ax) * ay),
-                             (1, 1, ax * ay)):
+        for ddx, ddy, wt in (
+            (0, 0, (1 - ax) * (1 - ay)),
+            (1, 0, ax * (1 - ay)),
+            (0, 1, (1 - ax) * ay),
+            (1, 1, ax * ay),
+        ):
             px, py = ix + ddx + 1, iy + ddy + 1
             ok = (px >= 0) & (px < size_x) & (py >= 0) & (py < size_y)
             np.add.at(charge, (py[ok], px[ok]), (w * wt[ok]).astype(np.float32))
@@ -381,8 +387,18 @@ def _cosmic_rays(shape, n, rng, read_sigma_e):
         xs = np.clip(pts[:, 0], 0, size_x - 1)
         ys = np.clip(pts[:, 1], 0, size_y - 1)
         length_px = float(np.hypot(xs[-1] - xs[0], ys[-1] - ys[0]))
-        rows.append({"kind": kind, "x0": float(xs[0]), "y0": float(ys[0]), "x1": float(xs[-1]), "y1": float(ys[-1]),
-                     "length": length_px, "charge": float(total), "footprint": footprint})
+        rows.append(
+            {
+                "kind": kind,
+                "x0": float(xs[0]),
+                "y0": float(ys[0]),
+                "x1": float(xs[-1]),
+                "y1": float(ys[-1]),
+                "length": length_px,
+                "charge": float(total),
+                "footprint": footprint,
+            }
+        )
     return charge, rows
 
 
@@ -403,8 +419,8 @@ def _bleed(e_image: np.ndarray, full_well: float) -> np.ndarray:
         starts = np.concatenate([[rows[0]], rows[breaks + 1]])
         ends = np.concatenate([rows[breaks], [rows[-1]]])
         for start, end in zip(starts, ends):
-            excess = float(np.sum(column[start:end + 1] - full_well))
-            column[start:end + 1] = full_well
+            excess = float(np.sum(column[start : end + 1] - full_well))
+            column[start : end + 1] = full_well
             for direction, edge in ((1, end), (-1, start)):
                 remaining = excess / 2.0
                 idx = edge + direction
@@ -446,11 +462,11 @@ def estimate_background(image: np.ndarray, cell: int, exclude: np.ndarray | None
     values = np.zeros((ny, nx))
     for j in range(ny):
         # All cells of a row at once: (nx, pixels) with NaN padding.
-        blocks = [data[ey[j]:ey[j + 1], ex[i]:ex[i + 1]].ravel() for i in range(nx)]
+        blocks = [data[ey[j] : ey[j + 1], ex[i] : ex[i + 1]].ravel() for i in range(nx)]
         width = max(len(b) for b in blocks)
         stack = np.full((nx, width), np.nan)
         for i, b in enumerate(blocks):
-            stack[i, :len(b)] = b
+            stack[i, : len(b)] = b
         with np.errstate(all="ignore"):
             import warnings
 
@@ -471,14 +487,16 @@ def estimate_background(image: np.ndarray, cell: int, exclude: np.ndarray | None
         line = values.ravel()
         centres = cx if ny == 1 else cy
         full = np.interp(np.arange(size_x if ny == 1 else size_y), centres, line)
-        return (np.broadcast_to(full, image.shape) if ny == 1 else np.broadcast_to(full[:, None], image.shape)
-                ).astype(np.float32)
+        return (
+            np.broadcast_to(full, image.shape) if ny == 1 else np.broadcast_to(full[:, None], image.shape)
+        ).astype(np.float32)
     spline = RectBivariateSpline(cy, cx, values, kx=min(3, ny - 1), ky=min(3, nx - 1))
     return spline(np.arange(size_y), np.arange(size_x)).astype(np.float32)
 
 
-def _source_mask(image: np.ndarray, pixel_sigma: float, smooth: float = 2.0, nsigma: float = 2.0,
-                 grow: int = 4) -> np.ndarray:
+def _source_mask(
+    image: np.ndarray, pixel_sigma: float, smooth: float = 2.0, nsigma: float = 2.0, grow: int = 4
+) -> np.ndarray:
     """Mask the pixels of sources, as a first detection pass before the final background.
 
     The image is smoothed with a Gaussian of ``smooth`` pixels; pixels above
@@ -510,7 +528,8 @@ def _detector_defects(seed: int, detector: int, size: int, params: SceneParamete
     rng = np.random.default_rng([seed, 7, detector])
     n_hot = rng.poisson(params.hot_pixel_density * size * size)
     hot = {
-        "x": rng.integers(0, size, n_hot), "y": rng.integers(0, size, n_hot),
+        "x": rng.integers(0, size, n_hot),
+        "y": rng.integers(0, size, n_hot),
         "charge": rng.lognormal(math.log(3000.0), 1.0, n_hot),
         "masked": rng.uniform(size=n_hot) < params.hot_pixel_masked_fraction,
     }
@@ -520,8 +539,15 @@ def _detector_defects(seed: int, detector: int, size: int, params: SceneParamete
         x = int(rng.integers(0, size))
         length = int(rng.integers(max(size // 8, 2), size + 1))
         y0 = int(rng.integers(0, size - length + 1))
-        cols.append({"x": x, "y0": y0, "y1": y0 + length - 1, "charge": float(rng.uniform(40, 400)),
-                     "masked": bool(rng.uniform() < params.bad_column_masked_fraction)})
+        cols.append(
+            {
+                "x": x,
+                "y0": y0,
+                "y1": y0 + length - 1,
+                "charge": float(rng.uniform(40, 400)),
+                "masked": bool(rng.uniform() < params.bad_column_masked_fraction),
+            }
+        )
     dead = None
     if rng.uniform() < params.dead_amp_probability:
         width = max(size // 8, 1)
@@ -564,9 +590,8 @@ def simulate_detector(
     """
     import astropy.time
     import galsim
-    from astropy.table import Table
 
-    from .gaia import galactic_star_density, gaia_to_band
+    from .gaia import gaia_to_band, galactic_star_density
 
     params = params or SceneParameters()
     size = int(conditions["size"])
@@ -574,8 +599,9 @@ def simulate_detector(
     seed = int(conditions["seed"])
     survey_seed = int(conditions["survey_seed"])
     rng = np.random.default_rng([seed, detector])
-    wcs = detector_wcs(conditions["boresight_ra"], conditions["boresight_dec"], conditions["rotation_deg"],
-                       detector, size)
+    wcs = detector_wcs(
+        conditions["boresight_ra"], conditions["boresight_dec"], conditions["rotation_deg"], detector, size
+    )
     gain, read_noise, full_well = conditions["gain"], conditions["read_noise"], conditions["full_well"]
     njy_per_e = conditions["nJy_per_electron"]
     exptime = conditions["exposure_time"]
@@ -619,15 +645,17 @@ def simulate_detector(
         cat_stars = []
         catalog_mag_limit = catalog_mag_limit if catalog_mag_limit is not None else params.star_mag_bright
     # --- Fainter stars, fixed on the sky, from the density model.
-    from astropy.coordinates import SkyCoord
     import astropy.units as u
+    from astropy.coordinates import SkyCoord
 
     centre = wcs.pixel_to_world(size / 2.0, size / 2.0)
     b_deg = float(abs(centre.galactic.b.deg))
     l_deg = float(centre.galactic.l.deg)
     faint_density = max(
         galactic_star_density(b_deg, params.star_mag_limit, l_deg)
-        - galactic_star_density(b_deg, catalog_mag_limit, l_deg), 0.0)
+        - galactic_star_density(b_deg, catalog_mag_limit, l_deg),
+        0.0,
+    )
     fra, fdec, fseed = _draw_in_cells(wcs, size, margin, survey_seed, 1, 0.05, lambda d, r: faint_density)
     if len(fra):
         fx, fy = wcs.wcs_world2pix(fra, fdec, 0)
@@ -638,8 +666,17 @@ def simulate_detector(
         cum = (cum - cum[0]) / max(cum[-1] - cum[0], 1e-12)
         u_draw = (fseed[on] % 10**6) / 1e6
         fmag = np.interp(u_draw, cum, grid) + gaia_to_band(np.array([0.0]), np.array([1.2]), band)[0]
-        cat_stars += list(zip(fx[on], fy[on], fra[on], fdec[on], fmag, -np.ones(int(on.sum()), dtype=np.int64),
-                              [False] * int(on.sum())))
+        cat_stars += list(
+            zip(
+                fx[on],
+                fy[on],
+                fra[on],
+                fdec[on],
+                fmag,
+                -np.ones(int(on.sum()), dtype=np.int64),
+                [False] * int(on.sum()),
+            )
+        )
     area = 4.0 * math.pi * sigma_true**2  # effective PSF area for point-source SNR
     sky_var = sky_level + read_noise**2
     bright = []
@@ -647,11 +684,20 @@ def simulate_detector(
         flux_e = float(to_e(smag))
         stamp = _stamp_size(flux_e, fwhm_px)
         _add_profile(canvas, psf.withFlux(flux_e), sx, sy, stamp)
-        truth_rows.append({
-            "type": "star", "ra": sra, "dec": sdec, "x": sx, "y": sy, "mag": smag,
-            "flux": flux_e * njy_per_e, "catalog_id": int(sid), "in_catalog": bool(in_cat),
-            "nu_psf": flux_e / math.sqrt(area * sky_var),
-        })
+        truth_rows.append(
+            {
+                "type": "star",
+                "ra": sra,
+                "dec": sdec,
+                "x": sx,
+                "y": sy,
+                "mag": smag,
+                "flux": flux_e * njy_per_e,
+                "catalog_id": int(sid),
+                "in_catalog": bool(in_cat),
+                "nu_psf": flux_e / math.sqrt(area * sky_var),
+            }
+        )
         if smag < params.spike_mag_limit:
             bright.append((sx, sy, flux_e, len(truth_rows) - 1))
 
@@ -676,16 +722,27 @@ def simulate_detector(
             beta = grng.uniform(0, 180.0)
             mag = rmag + colour
             flux_e = float(to_e(mag))
-            gal = galsim.Sersic(n=n, half_light_radius=hlr, flux=flux_e, gsparams=gsparams,
-                                trunc=8 * hlr if n >= 2 else 0.0)
+            gal = galsim.Sersic(
+                n=n, half_light_radius=hlr, flux=flux_e, gsparams=gsparams, trunc=8 * hlr if n >= 2 else 0.0
+            )
             gal = gal.shear(e=e, beta=beta * galsim.degrees)
             stamp = _stamp_size(flux_e, fwhm_px, extra=8.0 * hlr / PIXEL_SCALE_ARCSEC)
             _add_profile(canvas, galsim.Convolve(gal, psf, gsparams=gsparams), gx_, gy_, min(stamp, 257))
-            truth_rows.append({
-                "type": "galaxy", "ra": gra_, "dec": gdec_, "x": gx_, "y": gy_, "mag": mag,
-                "flux": flux_e * njy_per_e, "sersic_n": n, "half_light_radius": hlr, "ellipticity": e,
-                "position_angle": beta,
-            })
+            truth_rows.append(
+                {
+                    "type": "galaxy",
+                    "ra": gra_,
+                    "dec": gdec_,
+                    "x": gx_,
+                    "y": gy_,
+                    "mag": mag,
+                    "flux": flux_e * njy_per_e,
+                    "sersic_n": n,
+                    "half_light_radius": hlr,
+                    "ellipticity": e,
+                    "position_angle": beta,
+                }
+            )
 
     model_e = canvas.array.astype(np.float32)  # stars and galaxies, noiseless
 
@@ -693,9 +750,18 @@ def simulate_detector(
     spike_angle = 45.0 + conditions["rotation_deg"]
     for sx, sy, flux_e, row in bright:
         info = _render_spikes(model_e, sx, sy, flux_e, spike_angle, sigma_true, rng)
-        truth_rows.append({"type": "diffraction_spike", "ra": truth_rows[row]["ra"],
-                           "dec": truth_rows[row]["dec"], "x": sx, "y": sy, "length": info["length"],
-                           "position_angle": spike_angle % 90.0, "mag": truth_rows[row]["mag"]})
+        truth_rows.append(
+            {
+                "type": "diffraction_spike",
+                "ra": truth_rows[row]["ra"],
+                "dec": truth_rows[row]["dec"],
+                "x": sx,
+                "y": sy,
+                "length": info["length"],
+                "position_angle": spike_angle % 90.0,
+                "mag": truth_rows[row]["mag"],
+            }
+        )
 
     # --- The odd satellite streak: one great circle per visit, a straight line on each detector.
     vrng = np.random.default_rng([seed, 99])
@@ -716,19 +782,33 @@ def simulate_detector(
             sigma_sat = width_arcsec / PIXEL_SCALE_ARCSEC / 2.3548
             _render_satellite(model_e, (float(xa), float(ya)), (float(xb), float(yb)), flux_per_px, sigma_sat)
             mid = wcs.pixel_to_world(0.5 * (seg[0] + seg[2]), 0.5 * (seg[1] + seg[3]))
-            truth_rows.append({
-                "type": "satellite", "ra": mid.ra.deg, "dec": mid.dec.deg,
-                "x": 0.5 * (seg[0] + seg[2]), "y": 0.5 * (seg[1] + seg[3]),
-                "x_start": seg[0], "y_start": seg[1], "x_end": seg[2], "y_end": seg[3],
-                "length": math.hypot(seg[2] - seg[0], seg[3] - seg[1]), "width": width_arcsec,
-                "mag": mag_arcsec, "flux": flux_per_px * njy_per_e * math.hypot(seg[2] - seg[0], seg[3] - seg[1]),
-                "position_angle": math.degrees(math.atan2(seg[3] - seg[1], seg[2] - seg[0])) % 180.0,
-            })
+            truth_rows.append(
+                {
+                    "type": "satellite",
+                    "ra": mid.ra.deg,
+                    "dec": mid.dec.deg,
+                    "x": 0.5 * (seg[0] + seg[2]),
+                    "y": 0.5 * (seg[1] + seg[3]),
+                    "x_start": seg[0],
+                    "y_start": seg[1],
+                    "x_end": seg[2],
+                    "y_end": seg[3],
+                    "length": math.hypot(seg[2] - seg[0], seg[3] - seg[1]),
+                    "width": width_arcsec,
+                    "mag": mag_arcsec,
+                    "flux": flux_per_px * njy_per_e * math.hypot(seg[2] - seg[0], seg[3] - seg[1]),
+                    "position_angle": math.degrees(math.atan2(seg[3] - seg[1], seg[2] - seg[0])) % 180.0,
+                }
+            )
 
     # --- Sky with a gradient, Poisson noise.
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     ang = math.radians(conditions["sky_gradient_angle_deg"])
-    grad = conditions["sky_gradient"] * ((xx - size / 2) * math.cos(ang) + (yy - size / 2) * math.sin(ang)) / size
+    grad = (
+        conditions["sky_gradient"]
+        * ((xx - size / 2) * math.cos(ang) + (yy - size / 2) * math.sin(ang))
+        / size
+    )
     sky_e = (sky_level * (1.0 + grad)).astype(np.float32)
     del xx, yy, grad
     expected = model_e + sky_e
@@ -742,7 +822,7 @@ def simulate_detector(
     hot, columns, dead = _detector_defects(survey_seed, detector, size, params)
     np.add.at(e_image, (hot["y"], hot["x"]), hot["charge"].astype(np.float32))
     for col in columns:
-        e_image[col["y0"]:col["y1"] + 1, col["x"]] += col["charge"]
+        e_image[col["y0"] : col["y1"] + 1, col["x"]] += col["charge"]
 
     # --- Saturation and bleed trails; nonlinear (suspect) regime.
     saturated = _bleed(e_image, full_well)
@@ -757,7 +837,7 @@ def simulate_detector(
         bad[hot["y"][k], hot["x"][k]] = True
     for col in columns:
         if col["masked"]:
-            bad[col["y0"]:col["y1"] + 1, col["x"]] = True
+            bad[col["y0"] : col["y1"] + 1, col["x"]] = True
     no_data = np.zeros((size, size), dtype=bool)
     if dead is not None:
         no_data[dead] = True
@@ -799,25 +879,54 @@ def simulate_detector(
     # --- Truth for artefacts.
     for row in cr_rows:
         ra_dec = wcs.pixel_to_world(0.5 * (row["x0"] + row["x1"]), 0.5 * (row["y0"] + row["y1"]))
-        truth_rows.append({
-            "type": "cosmic_ray", "ra": ra_dec.ra.deg, "dec": ra_dec.dec.deg,
-            "x": 0.5 * (row["x0"] + row["x1"]), "y": 0.5 * (row["y0"] + row["y1"]),
-            "x_start": row["x0"], "y_start": row["y0"], "x_end": row["x1"], "y_end": row["y1"],
-            "length": row["length"], "flux": row["charge"] * njy_per_e, "masked": row["masked"],
-            "subtype": row["kind"],
-        })
+        truth_rows.append(
+            {
+                "type": "cosmic_ray",
+                "ra": ra_dec.ra.deg,
+                "dec": ra_dec.dec.deg,
+                "x": 0.5 * (row["x0"] + row["x1"]),
+                "y": 0.5 * (row["y0"] + row["y1"]),
+                "x_start": row["x0"],
+                "y_start": row["y0"],
+                "x_end": row["x1"],
+                "y_end": row["y1"],
+                "length": row["length"],
+                "flux": row["charge"] * njy_per_e,
+                "masked": row["masked"],
+                "subtype": row["kind"],
+            }
+        )
     for k in range(len(hot["x"])):
         ra_dec = wcs.pixel_to_world(float(hot["x"][k]), float(hot["y"][k]))
-        truth_rows.append({"type": "hot_pixel", "ra": ra_dec.ra.deg, "dec": ra_dec.dec.deg,
-                           "x": float(hot["x"][k]), "y": float(hot["y"][k]),
-                           "flux": float(hot["charge"][k]) * njy_per_e, "masked": bool(hot["masked"][k])})
+        truth_rows.append(
+            {
+                "type": "hot_pixel",
+                "ra": ra_dec.ra.deg,
+                "dec": ra_dec.dec.deg,
+                "x": float(hot["x"][k]),
+                "y": float(hot["y"][k]),
+                "flux": float(hot["charge"][k]) * njy_per_e,
+                "masked": bool(hot["masked"][k]),
+            }
+        )
     for col in columns:
         ra_dec = wcs.pixel_to_world(float(col["x"]), 0.5 * (col["y0"] + col["y1"]))
-        truth_rows.append({"type": "bad_column", "ra": ra_dec.ra.deg, "dec": ra_dec.dec.deg,
-                           "x": float(col["x"]), "y": 0.5 * (col["y0"] + col["y1"]),
-                           "x_start": float(col["x"]), "y_start": float(col["y0"]), "x_end": float(col["x"]),
-                           "y_end": float(col["y1"]), "length": float(col["y1"] - col["y0"] + 1),
-                           "flux": col["charge"] * njy_per_e, "masked": col["masked"]})
+        truth_rows.append(
+            {
+                "type": "bad_column",
+                "ra": ra_dec.ra.deg,
+                "dec": ra_dec.dec.deg,
+                "x": float(col["x"]),
+                "y": 0.5 * (col["y0"] + col["y1"]),
+                "x_start": float(col["x"]),
+                "y_start": float(col["y0"]),
+                "x_end": float(col["x"]),
+                "y_end": float(col["y1"]),
+                "length": float(col["y1"] - col["y0"] + 1),
+                "flux": col["charge"] * njy_per_e,
+                "masked": col["masked"],
+            }
+        )
 
     truth = _truth_table(truth_rows, size)
     if len(truth):
@@ -837,7 +946,9 @@ def simulate_detector(
         "INTERPOLATED": interp,
         "NO_DATA": no_data,
     }
-    corners = wcs.wcs_pix2world(np.array([0, size - 1, size - 1, 0.0]), np.array([0, 0, size - 1, size - 1.0]), 0)
+    corners = wcs.wcs_pix2world(
+        np.array([0, size - 1, size - 1, 0.0]), np.array([0, 0, size - 1, size - 1.0]), 0
+    )
     summary = {
         "psfSigma": sigma_model,
         "psfArea": 4.0 * math.pi * sigma_model**2,
@@ -854,23 +965,60 @@ def simulate_detector(
         "nPsfStar": int(sum(1 for r in truth_rows if r["type"] == "star" and 17 < r["mag"] < 21)),
     }
     return SimulatedDetector(
-        image=image, variance=variance, masks=masks, model=model, truth=truth, wcs=wcs,
-        psf_sigma_true=sigma_true, psf_sigma_model=sigma_model, nJy_per_adu=nJy_per_adu,
-        background_nJy=background_nJy, summary=summary,
+        image=image,
+        variance=variance,
+        masks=masks,
+        model=model,
+        truth=truth,
+        wcs=wcs,
+        psf_sigma_true=sigma_true,
+        psf_sigma_model=sigma_model,
+        nJy_per_adu=nJy_per_adu,
+        background_nJy=background_nJy,
+        summary=summary,
     )
 
 
 _TRUTH_COLUMNS = {
-    "truth_id": np.int64, "type": "U20", "subtype": "U10", "ra": float, "dec": float, "x": float, "y": float,
-    "mag": float, "flux": float, "nu_psf": float, "catalog_id": np.int64, "in_catalog": bool,
-    "sersic_n": float, "half_light_radius": float, "ellipticity": float, "position_angle": float,
-    "x_start": float, "y_start": float, "x_end": float, "y_end": float, "length": float, "width": float,
+    "truth_id": np.int64,
+    "type": "U20",
+    "subtype": "U10",
+    "ra": float,
+    "dec": float,
+    "x": float,
+    "y": float,
+    "mag": float,
+    "flux": float,
+    "nu_psf": float,
+    "catalog_id": np.int64,
+    "in_catalog": bool,
+    "sersic_n": float,
+    "half_light_radius": float,
+    "ellipticity": float,
+    "position_angle": float,
+    "x_start": float,
+    "y_start": float,
+    "x_end": float,
+    "y_end": float,
+    "length": float,
+    "width": float,
     "masked": bool,
 }
 
 _TRUTH_UNITS = {
-    "ra": "deg", "dec": "deg", "x": "pix", "y": "pix", "mag": "mag", "flux": "nJy", "half_light_radius": "arcsec",
-    "position_angle": "deg", "x_start": "pix", "y_start": "pix", "x_end": "pix", "y_end": "pix", "length": "pix",
+    "ra": "deg",
+    "dec": "deg",
+    "x": "pix",
+    "y": "pix",
+    "mag": "mag",
+    "flux": "nJy",
+    "half_light_radius": "arcsec",
+    "position_angle": "deg",
+    "x_start": "pix",
+    "y_start": "pix",
+    "x_end": "pix",
+    "y_end": "pix",
+    "length": "pix",
 }
 
 

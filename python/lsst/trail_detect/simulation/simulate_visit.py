@@ -37,6 +37,8 @@ from .scene import SceneParameters, simulate_detector
 class SimulateVisitImageConnections(
     pipeBase.PipelineTaskConnections, dimensions=("instrument", "visit", "detector")
 ):
+    """Connections of `SimulateVisitImageTask`."""
+
     conditions = cT.Input(
         doc="Observing conditions of the visit (pointing, seeing, sky, electronics, seeds).",
         name="visit_conditions",
@@ -66,7 +68,11 @@ class SimulateVisitImageConnections(
     )
 
 
-class SimulateVisitImageConfig(pipeBase.PipelineTaskConfig, pipelineConnections=SimulateVisitImageConnections):
+class SimulateVisitImageConfig(
+    pipeBase.PipelineTaskConfig, pipelineConnections=SimulateVisitImageConnections
+):
+    """Configuration of `SimulateVisitImageTask`."""
+
     galaxy_mag_limit = pexConfig.Field[float](doc="Faintest galaxy drawn (AB mag, r).", default=25.0)
     galaxy_density_scale = pexConfig.Field[float](doc="Multiplier on the galaxy number counts.", default=1.0)
     star_mag_limit = pexConfig.Field[float](
@@ -74,8 +80,9 @@ class SimulateVisitImageConfig(pipeBase.PipelineTaskConfig, pipelineConnections=
         default=25.0,
     )
     star_mag_bright = pexConfig.Field[float](doc="Brightest catalog star drawn (G).", default=9.0)
-    spike_mag_limit = pexConfig.Field[float](doc="Stars brighter than this get diffraction spikes.",
-                                             default=15.5)
+    spike_mag_limit = pexConfig.Field[float](
+        doc="Stars brighter than this get diffraction spikes.", default=15.5
+    )
     cosmic_ray_rate = pexConfig.Field[float](doc="Cosmic rays per cm^2 per minute.", default=6.0)
     cosmic_ray_detect_fraction = pexConfig.Field[float](
         doc="Fraction of compact cosmic rays masked and interpolated by the processing.", default=0.9
@@ -84,11 +91,13 @@ class SimulateVisitImageConfig(pipeBase.PipelineTaskConfig, pipelineConnections=
         doc="Fraction of long (> 20 px) grazing cosmic-ray tracks masked and interpolated.", default=0.5
     )
     hot_pixel_density = pexConfig.Field[float](doc="Hot pixels per pixel.", default=2e-5)
-    hot_pixel_masked_fraction = pexConfig.Field[float](doc="Fraction of hot pixels in the defect list.",
-                                                       default=0.8)
+    hot_pixel_masked_fraction = pexConfig.Field[float](
+        doc="Fraction of hot pixels in the defect list.", default=0.8
+    )
     bad_columns_per_4k = pexConfig.Field[float](doc="Mean bad column segments per 4k sensor.", default=2.0)
-    bad_column_masked_fraction = pexConfig.Field[float](doc="Fraction of bad columns in the defect list.",
-                                                        default=0.7)
+    bad_column_masked_fraction = pexConfig.Field[float](
+        doc="Fraction of bad columns in the defect list.", default=0.7
+    )
     dead_amp_probability = pexConfig.Field[float](
         doc="Probability that a detector has a dead amplifier segment.", default=0.12
     )
@@ -116,8 +125,9 @@ class SimulateVisitImageTask(pipeBase.PipelineTask):
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
         inputs = butlerQC.get(inputRefs)
         detector = butlerQC.quantum.dataId["detector"]
-        outputs = self.run(conditions=inputs["conditions"], star_catalog=inputs["star_catalog"],
-                           detector=detector)
+        outputs = self.run(
+            conditions=inputs["conditions"], star_catalog=inputs["star_catalog"], detector=detector
+        )
         butlerQC.put(outputs, outputRefs)
 
     def run(self, conditions: dict, star_catalog, detector: int) -> pipeBase.Struct:
@@ -151,14 +161,22 @@ class SimulateVisitImageTask(pipeBase.PipelineTask):
             limits = [t.meta.get("mag_limit") for t in tables if t.meta.get("mag_limit") is not None]
             limit = float(max(limits)) if limits else None
         self.log.info(
-            "Simulating visit %s detector %d (%d px, seeing %.2f\", %d catalog stars).",
-            conditions["visit"], detector, conditions["size"], conditions["seeing_fwhm_arcsec"],
+            'Simulating visit %s detector %d (%d px, seeing %.2f", %d catalog stars).',
+            conditions["visit"],
+            detector,
+            conditions["size"],
+            conditions["seeing_fwhm_arcsec"],
             0 if stars is None else len(stars),
         )
-        sim = simulate_detector(conditions, detector, stars, params=self.config.scene_parameters(),
-                                catalog_mag_limit=limit)
+        sim = simulate_detector(
+            conditions, detector, stars, params=self.config.scene_parameters(), catalog_mag_limit=limit
+        )
         truth = sim.truth
         truth.meta.update({"visit": int(conditions["visit"]), "detector": int(detector)})
-        self.log.info("Rendered %d objects; %d saturated pixels, %d cosmic-ray pixels masked.",
-                      len(truth), int(sim.masks["SATURATED"].sum()), int(sim.masks["COSMIC_RAY"].sum()))
+        self.log.info(
+            "Rendered %d objects; %d saturated pixels, %d cosmic-ray pixels masked.",
+            len(truth),
+            int(sim.masks["SATURATED"].sum()),
+            int(sim.masks["COSMIC_RAY"].sum()),
+        )
         return pipeBase.Struct(visit_image=make_visit_image(sim, conditions, detector), truth=truth)

@@ -38,10 +38,14 @@ def summarize_survey(repo: str, collection: str) -> str:
     from lsst.daf.butler import Butler
 
     butler = Butler.from_config(repo, collections=collection)
-    refs = sorted(butler.query_datasets("visit_image", limit=None), key=lambda r: (r.dataId["visit"],
-                                                                                       r.dataId["detector"]))
-    lines = [f"{'visit':>14} {'det':>3} {'seeing':>6} {'psfSig':>6} {'stars':>6} {'gals':>6} {'CRs':>4} "
-             f"{'sat.px':>7} {'sources':>7} {'src/star5sig':>12}"]
+    refs = sorted(
+        butler.query_datasets("visit_image", limit=None),
+        key=lambda r: (r.dataId["visit"], r.dataId["detector"]),
+    )
+    lines = [
+        f"{'visit':>14} {'det':>3} {'seeing':>6} {'psfSig':>6} {'stars':>6} {'gals':>6} {'CRs':>4} "
+        f"{'sat.px':>7} {'sources':>7} {'src/star5sig':>12}"
+    ]
     for ref in refs:
         did = ref.dataId
         stats = butler.get("visit_image.summary_stats", did)

@@ -81,6 +81,7 @@ def make_visit_image(sim, conditions: dict, detector: int, *, frames=None):
     import astropy.time
     import astropy.units as u
     from astro_metadata_translator import ObservationInfo
+
     from lsst.images import Box, Image, Mask, ObservationSummaryStats, SkyProjection, VisitImage
     from lsst.images.fields import ChebyshevField
     from lsst.images.psfs import GaussianPointSpreadFunction
