@@ -49,7 +49,7 @@ demo: $(STAMP)
 	$(VENV)/bin/python -m lsst.trail_detect.simulation.summary $(DEMO_DIR)/repo SimCam/runs/survey
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n 2 --durations=15 tests
+	$(VENV)/bin/python -m pytest -n 2 --dist loadscope --durations=15 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check python tests benchmarks

@@ -281,6 +281,21 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
             np.testing.assert_allclose(sky.ra.deg, sources["coord_ra"], atol=1e-7)
         self.assertGreater(n_bright, 10)
         self.assertGreater(bright_found / n_bright, 0.95)
+        # Extendedness separates bright stars from resolved galaxies.
+        star_ext, gal_ext = [], []
+        for ref in self.refs:
+            truth, sources = self.butler.get("visit_image_truth", ref.dataId), self.butler.get("source", ref.dataId)
+            tree = cKDTree(np.stack([truth["x"], truth["y"]], axis=1))
+            dist, idx = tree.query(np.stack([sources["x"], sources["y"]], axis=1))
+            kind = np.asarray(truth["type"])[idx]
+            bright = (dist < 1.5) & (np.asarray(sources["psfFlux_snr"]) > 30)
+            star_ext.extend(np.asarray(sources["extendedness"])[bright & (kind == "star")])
+            big = np.asarray(truth["half_light_radius"])[idx] > 0.8
+            gal_ext.extend(np.asarray(sources["extendedness"])[bright & (kind == "galaxy") & big])
+        self.assertGreater(len(star_ext), 10)
+        self.assertLess(np.mean(star_ext), 0.2)
+        if len(gal_ext) >= 3:
+            self.assertGreater(np.mean(gal_ext), 0.8)
         self.assertGreater(n_faint, 10)
         self.assertLess(faint_found / n_faint, 0.1)
 

@@ -403,6 +403,8 @@ def make_repo(
     )
     stars = _load_catalog(str(catalog), cone, seed, mag_limit, Path(cache_dir) if cache_dir else None)
     say(f"Star catalog: {len(stars)} stars.")
+    for visit in plan:
+        visit["catalog_mag_limit"] = float(stars.meta["mag_limit"])
 
     try:
         create_repo(repo)

@@ -156,10 +156,11 @@ class SimulateVisitImageTask(pipeBase.PipelineTask):
         tables = [s.get() if hasattr(s, "get") else s for s in (star_catalog or [])]
         tables = [t for t in tables if len(t)]
         stars = vstack(tables, metadata_conflicts="silent") if tables else None
-        limit = None
-        if tables:
-            limits = [t.meta.get("mag_limit") for t in tables if t.meta.get("mag_limit") is not None]
-            limit = float(max(limits)) if limits else None
+        if stars is not None:
+            # Shards arrive in no particular order; sort so the result is reproducible.
+            stars.sort("source_id")
+        # The catalog's faint limit (G): fainter stars come from the star-count model.
+        limit = conditions.get("catalog_mag_limit")
         self.log.info(
             'Simulating visit %s detector %d (%d px, seeing %.2f", %d catalog stars).',
             conditions["visit"],

@@ -649,6 +649,20 @@ def _union_planes(
     return union
 
 
+def _stellar_locus(ratio: np.ndarray, snr: np.ndarray, min_snr: float = 30.0, min_count: int = 5) -> float:
+    """Return the psf/model flux ratio of point sources in an image.
+
+    Point sources have the highest ratios; the locus is the median of the
+    upper 40% of ratios among sources above ``min_snr``, or 1 when there are
+    fewer than ``min_count`` of them.
+    """
+    good = np.isfinite(ratio) & np.isfinite(snr) & (snr > min_snr)
+    if good.sum() < min_count:
+        return 1.0
+    r = ratio[good]
+    return float(np.median(r[r >= np.percentile(r, 60.0)]))
+
+
 def detect_sources(
     image: np.ndarray,
     variance: np.ndarray,
@@ -664,6 +678,7 @@ def detect_sources(
     flux_unit: u.UnitBase | str | None = None,
     exclude_planes: Sequence[str] = ("BAD", "NO_DATA"),
     extendedness_ratio: float = 0.985,
+    calibrate_extendedness: bool = True,
 ) -> tuple[Table, np.ndarray]:
     """Detect and measure point-like and extended sources like the LSST stack.
 
@@ -706,6 +721,13 @@ def detect_sources(
     extendedness_ratio : `float`, optional
         A source is extended when ``psfFlux < extendedness_ratio *
         modelFlux``, the stack's ``fluxRatio``.
+    calibrate_extendedness : `bool`, optional
+        Divide the flux ratio by its value on the stellar locus, measured on
+        the bright sources of the image, before comparing it with
+        ``extendedness_ratio``, and lower the cut by ``1.5 / SNR`` for the
+        noise of the ratio. This stands in for the stack's PSF model being
+        fit to the stars: with an approximate PSF model, point sources do
+        not have a ratio of exactly 1.
 
     Returns
     -------
@@ -808,8 +830,18 @@ def detect_sources(
     columns["psfFlux"], columns["psfFluxErr"] = measured["psfFlux"], measured["psfFluxErr"]
     columns["psfFlux_snr"] = flux_snr
     columns["apFlux_12"], columns["apFluxErr_12"] = measured["apFlux_12"], measured["apFluxErr_12"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = measured["psfFlux"] / measured["modelFlux"]
+    if calibrate_extendedness:
+        locus = _stellar_locus(ratio, flux_snr)
+        # Allow for the measurement noise of the ratio, which grows as the SNR falls.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cut = extendedness_ratio * locus - 1.5 / np.abs(flux_snr)
+    else:
+        locus = 1.0
+        cut = extendedness_ratio
     with np.errstate(invalid="ignore"):
-        extended = measured["psfFlux"] < extendedness_ratio * measured["modelFlux"]
+        extended = ratio < cut
     columns["extendedness"] = extended.astype(np.float64)
     if pixel_to_sky is not None:
         ra, dec = pixel_to_sky(x, y)
@@ -859,6 +891,7 @@ def detect_sources(
             "edge_width": edge_width,
             "min_peak_separation": float(min_peak_separation),
             "n_footprints": n_footprints,
+            "stellar_locus_ratio": float(locus),
         }
     )
     return table, detected
