@@ -155,8 +155,18 @@ class FakeGaiaArchive:
         hit = (_separation_deg(ra0, dec0, ra, dec) < radius) & (g < mag)
         rows = [row for row, h in zip(data, hit) if h]
         if "COUNT(*)" in query:
-            meta = [{"name": "n", "datatype": "long", "xtype": None, "arraysize": None, "description": None,
-                     "unit": None, "ucd": None, "utype": None}]
+            meta = [
+                {
+                    "name": "n",
+                    "datatype": "long",
+                    "xtype": None,
+                    "arraysize": None,
+                    "description": None,
+                    "unit": None,
+                    "ucd": None,
+                    "utype": None,
+                }
+            ]
             return {"metadata": meta, "data": [[len(rows)]]}
         top = re.search(r"SELECT TOP (\d+)", query)
         if top:
@@ -171,8 +181,10 @@ class FakeGaiaArchive:
     @staticmethod
     def _http(code, payload, content_type):
         reason = http.client.responses.get(code, "Unknown")
-        head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(payload)}\r\n\r\n")
+        head = (
+            f"HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
         return head.encode("latin-1") + payload
 
 
@@ -238,8 +250,10 @@ class GaiaFetchTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(params["LANG"], "ADQL")
         query = params["QUERY"]
         self.assertIn("FROM gaiadr3.gaia_source", query)
-        self.assertIn("CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', 280.000000000, -60.000000000, "
-                      "0.050000000)) = 1", query)
+        self.assertIn(
+            "CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', 280.000000000, -60.000000000, 0.050000000)) = 1",
+            query,
+        )
         self.assertIn("phot_g_mean_mag < 22.0000", query)
         for column in STAR_COLUMNS:
             self.assertIn(column, query)
@@ -260,15 +274,18 @@ class GaiaFetchTestCase(lsst.utils.tests.TestCase):
         self.assertTrue(np.all(np.diff(table["source_id"]) > 0))
         by_id = {sid: i for i, sid in enumerate(self.rec["source_id"])}
         rows = [by_id[sid] for sid in table["source_id"]]
-        self.assertFloatsAlmostEqual(np.asarray(table["ra"]), np.array(self.rec["ra"])[rows], rtol=0,
-                                     atol=1e-12)
-        self.assertFloatsAlmostEqual(np.asarray(table["dec"]), np.array(self.rec["dec"])[rows], rtol=0,
-                                     atol=1e-12)
+        self.assertFloatsAlmostEqual(
+            np.asarray(table["ra"]), np.array(self.rec["ra"])[rows], rtol=0, atol=1e-12
+        )
+        self.assertFloatsAlmostEqual(
+            np.asarray(table["dec"]), np.array(self.rec["dec"])[rows], rtol=0, atol=1e-12
+        )
         pmra = np.array([np.nan if v is None else v for v in self.rec["pmra"]])[rows]
         self.assertTrue(np.array_equal(np.isnan(table["pmra"]), np.isnan(pmra)))
         self.assertGreater(int(np.isnan(pmra).sum()), 0)
-        self.assertFloatsAlmostEqual(np.asarray(table["pmra"])[~np.isnan(pmra)], pmra[~np.isnan(pmra)],
-                                     rtol=1e-12)
+        self.assertFloatsAlmostEqual(
+            np.asarray(table["pmra"])[~np.isnan(pmra)], pmra[~np.isnan(pmra)], rtol=1e-12
+        )
 
     def test_cut_to_requested_cone(self):
         # The server answers with all 50 rows; only those inside the
@@ -367,8 +384,10 @@ class GaiaFetchTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(len(table), 50)
 
     def test_http_errors(self):
-        votable_error = ('<?xml version="1.0"?><VOTABLE><RESOURCE type="results">'
-                         '<INFO name="QUERY_STATUS" value="ERROR">{}</INFO></RESOURCE></VOTABLE>')
+        votable_error = (
+            '<?xml version="1.0"?><VOTABLE><RESOURCE type="results">'
+            '<INFO name="QUERY_STATUS" value="ERROR">{}</INFO></RESOURCE></VOTABLE>'
+        )
         archive = FakeGaiaArchive(self.recorded)
         archive.status = (500, votable_error.format("Service busy"))
         with self.assertRaises(GaiaUnavailableError) as ctx:
@@ -384,9 +403,13 @@ class GaiaFetchTestCase(lsst.utils.tests.TestCase):
 
     def test_invalid_arguments(self):
         archive = FakeGaiaArchive(self.recorded)
-        for args, word in [((10.0, 0.0, 0.0, 20.0), "radius"), ((10.0, 0.0, -1.0, 20.0), "radius"),
-                           ((10.0, 91.0, 0.1, 20.0), "dec"), ((10.0, -90.5, 0.1, 20.0), "dec"),
-                           ((float("nan"), 0.0, 0.1, 20.0), "ra")]:
+        for args, word in [
+            ((10.0, 0.0, 0.0, 20.0), "radius"),
+            ((10.0, 0.0, -1.0, 20.0), "radius"),
+            ((10.0, 91.0, 0.1, 20.0), "dec"),
+            ((10.0, -90.5, 0.1, 20.0), "dec"),
+            ((float("nan"), 0.0, 0.1, 20.0), "ra"),
+        ]:
             with self.assertRaisesRegex(ValueError, word):
                 self.fetch(archive, *args)
         with self.assertRaisesRegex(ValueError, "chunk_radius"):
@@ -399,8 +422,13 @@ class CoverCapTestCase(lsst.utils.tests.TestCase):
 
     def test_cover(self):
         rng = np.random.default_rng(5)
-        cases = [(280.0, -60.0, 2.0, 0.5), (10.0, 89.5, 3.0, 0.4), (200.0, 0.0, 60.0, 7.0),
-                 (33.0, -20.0, 180.0, 20.0), (1.0, 1.0, 0.3, 0.5)]
+        cases = [
+            (280.0, -60.0, 2.0, 0.5),
+            (10.0, 89.5, 3.0, 0.4),
+            (200.0, 0.0, 60.0, 7.0),
+            (33.0, -20.0, 180.0, 20.0),
+            (1.0, 1.0, 0.3, 0.5),
+        ]
         for ra, dec, radius, chunk in cases:
             centres = np.array(gaia._cover_cap(ra, dec, radius, chunk))
             # Random points on the cap (uniform in cos theta).
@@ -438,8 +466,9 @@ class StarCountModelTestCase(lsst.utils.tests.TestCase):
         cls.grid_z = z
         cls.grid_l = lon
         b = np.degrees(np.arcsin(z))
-        dens = (galactic_star_density(b[:, None], 21.0, lon[None, :], gaia_selection=True)
-                - galactic_star_density(b[:, None], 11.5, lon[None, :], gaia_selection=True))
+        dens = galactic_star_density(
+            b[:, None], 21.0, lon[None, :], gaia_selection=True
+        ) - galactic_star_density(b[:, None], 11.5, lon[None, :], gaia_selection=True)
         cls.grid_density = dens
         cls.cell_deg2 = (2.0 / nz) * (2 * math.pi / nl) * (180 / math.pi) ** 2
 
@@ -517,8 +546,11 @@ class StarCountModelTestCase(lsst.utils.tests.TestCase):
         n6 = self.all_sky(6.0)
         self.assertTrue(2000 < n6 < 12000, n6)
         # Gaia's completeness only matters near its faint limit.
-        self.assertFloatsAlmostEqual(galactic_star_density(30.0, 18.0, gaia_selection=True),
-                                     galactic_star_density(30.0, 18.0), rtol=0.01)
+        self.assertFloatsAlmostEqual(
+            galactic_star_density(30.0, 18.0, gaia_selection=True),
+            galactic_star_density(30.0, 18.0),
+            rtol=0.01,
+        )
         self.assertLess(galactic_star_density(30.0, 23.0, gaia_selection=True), 1.05 * b30)
         self.assertGreater(galactic_star_density(30.0, 25.0), 2 * b30)
 
@@ -554,16 +586,20 @@ class StarCountModelTestCase(lsst.utils.tests.TestCase):
         # model give its proper-motion and parallax distributions.
         rng = np.random.default_rng(8)
         ra, dec = _floats(self.fixture["ra"]), _floats(self.fixture["dec"])
-        pmra, pmdec, plx = (np.concatenate(v) for v in zip(*[
-            gaia._synthetic_kinematics(rng, ra, dec, self.g) for _ in range(4)]))
+        pmra, pmdec, plx = (
+            np.concatenate(v)
+            for v in zip(*[gaia._synthetic_kinematics(rng, ra, dec, self.g) for _ in range(4)])
+        )
         for name, model in [("pmra", pmra), ("pmdec", pmdec), ("parallax", plx)]:
             data = _floats(self.fixture[name])
             data = data[np.isfinite(data)]
             self.assertLess(stats.ks_2samp(data, model).statistic, 0.1, msg=name)
             self.assertFloatsAlmostEqual(np.median(model), np.median(data), atol=0.6, msg=name)
-        self.assertFloatsAlmostEqual(np.median(np.hypot(pmra, pmdec)),
-                                     np.median(np.hypot(_floats(self.fixture["pmra"]),
-                                                        _floats(self.fixture["pmdec"]))), rtol=0.25)
+        self.assertFloatsAlmostEqual(
+            np.median(np.hypot(pmra, pmdec)),
+            np.median(np.hypot(_floats(self.fixture["pmra"]), _floats(self.fixture["pmdec"]))),
+            rtol=0.25,
+        )
 
 
 class SyntheticCatalogTestCase(lsst.utils.tests.TestCase):
@@ -573,11 +609,13 @@ class SyntheticCatalogTestCase(lsst.utils.tests.TestCase):
         """Monte Carlo integral of the model density over a cap."""
         rng = np.random.default_rng(seed)
         theta = np.arccos(1 - (1 - math.cos(math.radians(radius))) * rng.random(n))
-        pts = SkyCoord(ra, dec, unit="deg").directional_offset_by(rng.uniform(0, 2 * math.pi, n) * u.rad,
-                                                                    theta * u.rad)
+        pts = SkyCoord(ra, dec, unit="deg").directional_offset_by(
+            rng.uniform(0, 2 * math.pi, n) * u.rad, theta * u.rad
+        )
         gal = pts.galactic
-        dens = (galactic_star_density(gal.b.deg, mag_limit, gal.l.deg, gaia_selection=True)
-                - galactic_star_density(gal.b.deg, mag_bright, gal.l.deg, gaia_selection=True))
+        dens = galactic_star_density(
+            gal.b.deg, mag_limit, gal.l.deg, gaia_selection=True
+        ) - galactic_star_density(gal.b.deg, mag_bright, gal.l.deg, gaia_selection=True)
         area = 2 * math.pi * (1 - math.cos(math.radians(radius))) * (180 / math.pi) ** 2
         return dens.mean() * area, pts, dens
 
@@ -586,11 +624,16 @@ class SyntheticCatalogTestCase(lsst.utils.tests.TestCase):
         cat = synthetic_gaia_catalog(ra, dec, radius, mag_limit, seed=11)
         gal = SkyCoord(ra, dec, unit="deg").galactic
         area = 2 * math.pi * (1 - math.cos(math.radians(radius))) * (180 / math.pi) ** 2
-        expected = (galactic_star_density(gal.b.deg, mag_limit, gal.l.deg, gaia_selection=True)
-                    - galactic_star_density(gal.b.deg, 10.0, gal.l.deg, gaia_selection=True)) * area
+        expected = (
+            galactic_star_density(gal.b.deg, mag_limit, gal.l.deg, gaia_selection=True)
+            - galactic_star_density(gal.b.deg, 10.0, gal.l.deg, gaia_selection=True)
+        ) * area
         self.assertGreater(expected, 3000)
-        self.assertLess(abs(len(cat) - expected), 4 * math.sqrt(expected) + 0.01 * expected,
-                        msg=f"{len(cat)} vs {expected}")
+        self.assertLess(
+            abs(len(cat) - expected),
+            4 * math.sqrt(expected) + 0.01 * expected,
+            msg=f"{len(cat)} vs {expected}",
+        )
         # Inside the cone and the magnitude range.
         sep = _separation_deg(ra, dec, np.asarray(cat["ra"]), np.asarray(cat["dec"]))
         self.assertLessEqual(sep.max(), radius + 1e-9)
@@ -649,8 +692,9 @@ class SyntheticCatalogTestCase(lsst.utils.tests.TestCase):
         area = 4 * math.pi * (180 / math.pi) ** 2
         b = np.degrees(np.arcsin((np.arange(600) + 0.5) / 600 * 2 - 1))
         lon = np.arange(180) * 2.0 + 1.0
-        dens = (galactic_star_density(b[:, None], 8.5, lon[None, :], gaia_selection=True)
-                - galactic_star_density(b[:, None], 4.0, lon[None, :], gaia_selection=True))
+        dens = galactic_star_density(
+            b[:, None], 8.5, lon[None, :], gaia_selection=True
+        ) - galactic_star_density(b[:, None], 4.0, lon[None, :], gaia_selection=True)
         expected = dens.mean() * area
         self.assertLess(abs(len(sky) - expected), 4 * math.sqrt(expected) + 0.01 * expected)
         # Both hemispheres of the whole sky, concentrated to the plane.
@@ -686,8 +730,9 @@ class StarCatalogFileTestCase(lsst.utils.tests.TestCase):
         for name in STAR_COLUMNS[1:]:
             x, y = np.asarray(a[name], dtype=float), np.asarray(b[name], dtype=float)
             self.assertTrue(np.array_equal(np.isnan(x), np.isnan(y)), msg=name)
-            self.assertFloatsAlmostEqual(x[~np.isnan(x)], y[~np.isnan(y)], rtol=0, atol=atol + 1e-12,
-                                         msg=name)
+            self.assertFloatsAlmostEqual(
+                x[~np.isnan(x)], y[~np.isnan(y)], rtol=0, atol=atol + 1e-12, msg=name
+            )
             self.assertEqual(a[name].unit, _expected_unit(name), msg=name)
 
     def test_round_trip(self):
@@ -710,25 +755,29 @@ class StarCatalogFileTestCase(lsst.utils.tests.TestCase):
 
     def test_aliases(self):
         n = len(self.cat)
-        vizier = Table({
-            "Source": np.asarray(self.cat["source_id"]),
-            "RA_ICRS": np.asarray(self.cat["ra"]) * u.deg,
-            "DE_ICRS": np.asarray(self.cat["dec"]) * u.deg,
-            "Gmag": np.asarray(self.cat["phot_g_mean_mag"]) * u.mag,
-            "BP-RP": np.asarray(self.cat["bp_rp"]) * u.mag,
-            "pmRA": np.asarray(self.cat["pmra"]) * u.mas / u.yr,
-            "pmDE": np.asarray(self.cat["pmdec"]) * u.mas / u.yr,
-            "Plx": np.asarray(self.cat["parallax"]) * u.mas,
-        })
+        vizier = Table(
+            {
+                "Source": np.asarray(self.cat["source_id"]),
+                "RA_ICRS": np.asarray(self.cat["ra"]) * u.deg,
+                "DE_ICRS": np.asarray(self.cat["dec"]) * u.deg,
+                "Gmag": np.asarray(self.cat["phot_g_mean_mag"]) * u.mag,
+                "BP-RP": np.asarray(self.cat["bp_rp"]) * u.mag,
+                "pmRA": np.asarray(self.cat["pmra"]) * u.mas / u.yr,
+                "pmDE": np.asarray(self.cat["pmdec"]) * u.mas / u.yr,
+                "Plx": np.asarray(self.cat["parallax"]) * u.mas,
+            }
+        )
         vizier.write(self.tmp / "vizier.fits")
         self.assertSameCatalog(read_star_catalog(self.tmp / "vizier.fits"), self.cat)
         # LSST style: radians with a unit, pm in arcsec/yr, minimal columns.
-        lsst = Table({
-            "coord_ra": np.radians(np.asarray(self.cat["ra"])) * u.rad,
-            "coord_dec": np.radians(np.asarray(self.cat["dec"])) * u.rad,
-            "mag": np.asarray(self.cat["phot_g_mean_mag"]),
-            "pmra": np.asarray(self.cat["pmra"]) / 1000.0 * u.arcsec / u.yr,
-        })
+        lsst = Table(
+            {
+                "coord_ra": np.radians(np.asarray(self.cat["ra"])) * u.rad,
+                "coord_dec": np.radians(np.asarray(self.cat["dec"])) * u.rad,
+                "mag": np.asarray(self.cat["phot_g_mean_mag"]),
+                "pmra": np.asarray(self.cat["pmra"]) / 1000.0 * u.arcsec / u.yr,
+            }
+        )
         lsst.write(self.tmp / "lsst.ecsv")
         back = read_star_catalog(self.tmp / "lsst.ecsv")
         self.assertFloatsAlmostEqual(np.asarray(back["ra"]), np.asarray(self.cat["ra"]), rtol=0, atol=1e-10)
@@ -739,8 +788,9 @@ class StarCatalogFileTestCase(lsst.utils.tests.TestCase):
         # Negative RA wraps into [0, 360).
         wrapped = Table({"ra": [-10.0, 370.0], "dec": [0.0, 1.0], "G": [15.0, 16.0]})
         wrapped.write(self.tmp / "wrap.csv")
-        self.assertFloatsAlmostEqual(np.asarray(read_star_catalog(self.tmp / "wrap.csv")["ra"]),
-                                     np.array([350.0, 10.0]), atol=1e-12)
+        self.assertFloatsAlmostEqual(
+            np.asarray(read_star_catalog(self.tmp / "wrap.csv")["ra"]), np.array([350.0, 10.0]), atol=1e-12
+        )
 
     def test_errors(self):
         missing = self.tmp / "nothere.fits"
@@ -775,8 +825,15 @@ class StarCatalogFileTestCase(lsst.utils.tests.TestCase):
 
 
 def _expected_unit(name):
-    return {"ra": u.deg, "dec": u.deg, "phot_g_mean_mag": u.mag, "bp_rp": u.mag, "pmra": u.mas / u.yr,
-            "pmdec": u.mas / u.yr, "parallax": u.mas}[name]
+    return {
+        "ra": u.deg,
+        "dec": u.deg,
+        "phot_g_mean_mag": u.mag,
+        "bp_rp": u.mag,
+        "pmra": u.mas / u.yr,
+        "pmdec": u.mas / u.yr,
+        "parallax": u.mas,
+    }[name]
 
 
 class GaiaToBandTestCase(lsst.utils.tests.TestCase):
@@ -795,8 +852,13 @@ class GaiaToBandTestCase(lsst.utils.tests.TestCase):
         # SDSS AB absolute magnitudes (Willmer 2018): u 6.39, g 5.11,
         # r 4.65, i 4.53, z 4.50.
         sun = {b: float(gaia_to_band(4.67, 0.82, b)) for b in "ugrizy"}
-        for band, value, tol in [("u", 6.39, 0.15), ("g", 5.11, 0.08), ("r", 4.65, 0.05), ("i", 4.53, 0.05),
-                                 ("z", 4.50, 0.08)]:
+        for band, value, tol in [
+            ("u", 6.39, 0.15),
+            ("g", 5.11, 0.08),
+            ("r", 4.65, 0.05),
+            ("i", 4.53, 0.05),
+            ("z", 4.50, 0.08),
+        ]:
             self.assertFloatsAlmostEqual(sun[band], value, atol=tol, msg=band)
         self.assertLess(abs(sun["z"] - sun["y"]), 0.1)
 
@@ -812,8 +874,11 @@ class GaiaToBandTestCase(lsst.utils.tests.TestCase):
         self.assertFloatsAlmostEqual(mags["g"][3] - mags["r"][3], 1.45, atol=0.15)
         self.assertFloatsAlmostEqual(mags["r"][3] - mags["i"][3], 0.75, atol=0.15)
         # Missing colour: BP - RP = 0.8.
-        self.assertFloatsAlmostEqual(gaia_to_band([17.0, 17.0], [np.nan, 0.8], "g"),
-                                     np.full(2, float(gaia_to_band(17.0, 0.8, "g"))), atol=0)
+        self.assertFloatsAlmostEqual(
+            gaia_to_band([17.0, 17.0], [np.nan, 0.8], "g"),
+            np.full(2, float(gaia_to_band(17.0, 0.8, "g"))),
+            atol=0,
+        )
         # Far outside the fitted colour range the result stays sane.
         extreme = gaia_to_band(np.array([18.0, 18.0]), np.array([-1.0, 6.0]), "i")
         self.assertTrue(np.all(np.abs(extreme - 18.0) < 3.0))
@@ -876,8 +941,12 @@ class ButlerIngestTestCase(lsst.utils.tests.TestCase):
             table = self.butler.get(ref)
             index = ref.dataId["htm7"]
             region = pixelization.pixel(index)
-            self.assertTrue(all(region.contains(sphgeom.UnitVector3d(sphgeom.LonLat.fromDegrees(r, d)))
-                                for r, d in zip(table["ra"], table["dec"])))
+            self.assertTrue(
+                all(
+                    region.contains(sphgeom.UnitVector3d(sphgeom.LonLat.fromDegrees(r, d)))
+                    for r, d in zip(table["ra"], table["dec"])
+                )
+            )
             self.assertEqual(table["ra"].unit, u.deg)
             pieces.append(table)
         from astropy.table import vstack
@@ -886,8 +955,9 @@ class ButlerIngestTestCase(lsst.utils.tests.TestCase):
         union.sort("source_id")
         self.assertEqual(union.colnames, list(STAR_COLUMNS))
         for name in STAR_COLUMNS:
-            self.assertTrue(np.array_equal(np.asarray(union[name]), np.asarray(self.cat[name]),
-                                           equal_nan=True))
+            self.assertTrue(
+                np.array_equal(np.asarray(union[name]), np.asarray(self.cat[name]), equal_nan=True)
+            )
         # The same shards again in the same run: refused, nothing changes.
         with self.assertRaisesRegex(ValueError, "already holds"):
             ingest_star_catalog(self.butler, self.cat, run=run)
@@ -897,12 +967,17 @@ class ButlerIngestTestCase(lsst.utils.tests.TestCase):
         from lsst.daf.butler import DatasetType
 
         self.butler.registry.registerDatasetType(
-            DatasetType("gaia_dr3_stars", ("htm8",), "ArrowAstropy", universe=self.butler.dimensions))
+            DatasetType("gaia_dr3_stars", ("htm8",), "ArrowAstropy", universe=self.butler.dimensions)
+        )
         with self.assertRaisesRegex(ValueError, "already exists"):
             ingest_star_catalog(self.butler, self.cat, run="refcats/x")
         self.assertNotIn("refcats/x", list(self.butler.registry.queryCollections()))
-        self.assertEqual(ingest_star_catalog(self.butler, self.cat, run="refcats/x", level=8,
-                                             dataset_type="gaia_dr3_stars"), len(shard_by_htm7(self.cat, 8)))
+        self.assertEqual(
+            ingest_star_catalog(
+                self.butler, self.cat, run="refcats/x", level=8, dataset_type="gaia_dr3_stars"
+            ),
+            len(shard_by_htm7(self.cat, 8)),
+        )
 
     def _failing_put(self, fail_at):
         original = self.butler.put

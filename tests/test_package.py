@@ -190,6 +190,20 @@ class CliTestCase(lsst.utils.tests.TestCase):
             'versionModuleName="python/lsst/trail_detect/version.py"', (root / "SConstruct").read_text()
         )
 
+    def test_lint(self):
+        """The code passes ruff with the package's configuration (line length 110)."""
+        import shutil
+
+        ruff = Path(sys.executable).parent / "ruff"
+        ruff = str(ruff) if ruff.exists() else shutil.which("ruff")
+        if ruff is None:
+            self.skipTest("ruff is not installed")
+        root = Path(__file__).resolve().parents[1]
+        proc = subprocess.run(
+            [ruff, "check", "python", "tests", "benchmarks"], cwd=root, capture_output=True, text=True
+        )
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+
     def test_entry_point(self):
         exe = Path(sys.executable).parent / "trail-detect"
         if not exe.exists():

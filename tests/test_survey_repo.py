@@ -284,7 +284,10 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
         # Extendedness separates bright stars from resolved galaxies.
         star_ext, gal_ext = [], []
         for ref in self.refs:
-            truth, sources = self.butler.get("visit_image_truth", ref.dataId), self.butler.get("source", ref.dataId)
+            truth, sources = (
+                self.butler.get("visit_image_truth", ref.dataId),
+                self.butler.get("source", ref.dataId),
+            )
             tree = cKDTree(np.stack([truth["x"], truth["y"]], axis=1))
             dist, idx = tree.query(np.stack([sources["x"], sources["y"]], axis=1))
             kind = np.asarray(truth["type"])[idx]

@@ -795,11 +795,13 @@ def gaia_to_band(g: Any, bp_rp: Any, band: str) -> np.ndarray:
 # BP - RP: two-Gaussian mixtures fitted to the fixture in bands of |sin b|
 # (reddening and population change with latitude), interpolated linearly
 # in |sin b|: (|sin b|, weight of the first, mean1, sigma1, mean2, sigma2).
-_COLOUR_NODES = np.array([
-    [0.05, 0.789, 1.722, 0.409, 2.582, 0.768],
-    [0.20, 0.465, 1.175, 0.199, 1.556, 0.453],
-    [0.65, 0.350, 1.040, 0.198, 1.640, 0.613],
-])
+_COLOUR_NODES = np.array(
+    [
+        [0.05, 0.789, 1.722, 0.409, 2.582, 0.768],
+        [0.20, 0.465, 1.175, 0.199, 1.556, 0.453],
+        [0.65, 0.350, 1.040, 0.198, 1.640, 0.613],
+    ]
+)
 # Fraction of sources without BP - RP (fixture: none at G < 18, about 12
 # per cent at G > 19).
 _MISSING_COLOUR_MAX = 0.12
@@ -860,11 +862,17 @@ def _synthetic_kinematics(
     rcyl = np.maximum(np.hypot(px, py), 0.05)
     vcirc = np.clip(_V0_KMS - _V_LAG_PER_KPC * np.abs(zh), 0.0, None)
     sigma = np.minimum(_SIGMA_V[0] + _SIGMA_V[1] * np.abs(zh), _SIGMA_V[2])
-    vel = np.stack([
-        vcirc * py / rcyl + rng.normal(0.0, 1.0, n) * sigma,
-        -vcirc * px / rcyl + rng.normal(0.0, 1.0, n) * sigma,
-        rng.normal(0.0, 0.6, n) * sigma,
-    ], axis=-1) - _V_SUN
+    vel = (
+        np.stack(
+            [
+                vcirc * py / rcyl + rng.normal(0.0, 1.0, n) * sigma,
+                -vcirc * px / rcyl + rng.normal(0.0, 1.0, n) * sigma,
+                rng.normal(0.0, 0.6, n) * sigma,
+            ],
+            axis=-1,
+        )
+        - _V_SUN
+    )
     e_l = np.stack([-sl, cl, np.zeros(n)], axis=-1)
     e_b = np.stack([-sb * cl, -sb * sl, cb], axis=-1)
     mu_l = np.einsum("ij,ij->i", vel, e_l) / (_K_KMS * dist)
@@ -1043,13 +1051,25 @@ def synthetic_gaia_catalog(
     ids = _gaia_like_source_ids(star_ra, star_dec)
     order = np.argsort(ids)
     columns = {
-        "source_id": ids, "ra": star_ra, "dec": star_dec, "phot_g_mean_mag": g, "bp_rp": bp_rp,
-        "pmra": pmra, "pmdec": pmdec, "parallax": parallax,
+        "source_id": ids,
+        "ra": star_ra,
+        "dec": star_dec,
+        "phot_g_mean_mag": g,
+        "bp_rp": bp_rp,
+        "pmra": pmra,
+        "pmdec": pmdec,
+        "parallax": parallax,
     }
     meta = {
-        "catalog": "synthetic", "model": "lsst.trail_detect Gaia DR3 star-count model", "seed": int(seed),
-        "cone_ra": ra, "cone_dec": dec, "cone_radius": radius, "mag_bright": mag_bright,
-        "mag_limit": mag_limit, "gaia_selection": bool(gaia_selection),
+        "catalog": "synthetic",
+        "model": "lsst.trail_detect Gaia DR3 star-count model",
+        "seed": int(seed),
+        "cone_ra": ra,
+        "cone_dec": dec,
+        "cone_radius": radius,
+        "mag_bright": mag_bright,
+        "mag_limit": mag_limit,
+        "gaia_selection": bool(gaia_selection),
     }
     return _make_star_table({key: value[order] for key, value in columns.items()}, meta)
 
@@ -1198,15 +1218,17 @@ def _run_adql(gaia: Any, query: str) -> Table:
 def _query_chunk(gaia_factory: Callable[[], Any], query: str, retries: int, retry_wait: float) -> Table:
     """Run one cone query; return the normalized table."""
     try:
-        raw = _call_with_retries(lambda: _run_adql(gaia_factory(), query), retries=retries,
-                                 retry_wait=retry_wait)
+        raw = _call_with_retries(
+            lambda: _run_adql(gaia_factory(), query), retries=retries, retry_wait=retry_wait
+        )
     except (GaiaUnavailableError, GaiaQueryError):
         raise
     except Exception as exc:
         # astroquery cannot parse an empty JSON answer (it hands it to the
         # pandas reader); a COUNT(*) tells an empty cone from a real error.
-        counted = _call_with_retries(lambda: _run_adql(gaia_factory(), _count_adql(query)),
-                                     retries=retries, retry_wait=retry_wait)
+        counted = _call_with_retries(
+            lambda: _run_adql(gaia_factory(), _count_adql(query)), retries=retries, retry_wait=retry_wait
+        )
         try:
             count = int(np.asarray(counted[counted.colnames[0]])[0])
         except Exception:
@@ -1346,8 +1368,16 @@ def fetch_gaia_cone(
             "use a smaller radius or a brighter mag_limit"
         )
     chunk_r = radius if len(centres) == 1 else rho
-    _LOG.info("Gaia cone (%.5f, %.5f) r=%.4f deg G<%.2f: %d quer%s of radius %.4f deg",
-              ra, dec, radius, mag_limit, len(centres), "y" if len(centres) == 1 else "ies", chunk_r)
+    _LOG.info(
+        "Gaia cone (%.5f, %.5f) r=%.4f deg G<%.2f: %d quer%s of radius %.4f deg",
+        ra,
+        dec,
+        radius,
+        mag_limit,
+        len(centres),
+        "y" if len(centres) == 1 else "ies",
+        chunk_r,
+    )
 
     pieces: list[Table] = []
     stats = {"network": 0, "cached": 0}
@@ -1373,15 +1403,22 @@ def fetch_gaia_cone(
                     fetch(sra, sdec, sub, depth + 1)
             return
         if len(table) >= max_rows:
-            warnings.warn(f"Gaia query still truncated at {max_rows} rows in a {crad * 3600:.2f} arcsec cone",
-                          stacklevel=3)
+            warnings.warn(
+                f"Gaia query still truncated at {max_rows} rows in a {crad * 3600:.2f} arcsec cone",
+                stacklevel=3,
+            )
         pieces.append(table)
 
     for cra, cdec in centres:
         fetch(cra, cdec, chunk_r, 0)
     meta = {
-        "catalog": GAIA_TABLE, "archive": GAIA_ARCHIVE_HOST, "cone_ra": ra, "cone_dec": dec,
-        "cone_radius": radius, "mag_limit": mag_limit, "n_queries": stats["network"],
+        "catalog": GAIA_TABLE,
+        "archive": GAIA_ARCHIVE_HOST,
+        "cone_ra": ra,
+        "cone_dec": dec,
+        "cone_radius": radius,
+        "mag_limit": mag_limit,
+        "n_queries": stats["network"],
         "n_cached": stats["cached"],
     }
     nonempty = [p for p in pieces if len(p)]
