@@ -373,6 +373,71 @@ class BadInputTestCase(lsst.utils.tests.TestCase):
         self.assertFalse(repo.exists())
 
 
+class CatalogCommandsTestCase(lsst.utils.tests.TestCase):
+    """ingest-catalog and fetch-gaia from the command line."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="trail_detect_cat_")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_ingest_catalog(self):
+        from lsst.daf.butler import Butler
+
+        from lsst.trail_detect.simulation.gaia import synthetic_gaia_catalog, write_star_catalog
+
+        repo = Path(self.tmp, "repo")
+        Butler.makeRepo(str(repo))
+        stars = synthetic_gaia_catalog(150.0, 2.0, 0.3, 19.0, seed=4)
+        path = write_star_catalog(stars, Path(self.tmp, "stars.ecsv"))
+        proc = run_cli("ingest-catalog", str(repo), str(path), "--run", "refcats/test")
+        self.assertIn(f"Ingested {len(stars)} stars", proc.stdout)
+        butler = Butler.from_config(str(repo), collections="refcats/test")
+        refs = butler.query_datasets("gaia_dr3_stars", limit=None)
+        self.assertGreater(len(refs), 1)
+        self.assertEqual(sum(len(butler.get(ref)) for ref in refs), len(stars))
+        del butler
+
+    def test_fetch_gaia_offline(self):
+        out = Path(self.tmp, "gaia.fits")
+        proc = subprocess.run(
+            trail_detect_command()
+            + ["fetch-gaia", "--ra", "95", "--dec", "-25", "--radius", "0.1", str(out)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=600,
+            env=dict(os.environ, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9"),
+        )
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("Gaia", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+        self.assertFalse(out.exists())
+
+
+class FailedPipetaskTestCase(lsst.utils.tests.TestCase):
+    """A failure after the repository was created removes everything make-repo wrote."""
+
+    def test_cleanup(self):
+        from unittest import mock
+
+        from lsst.trail_detect.simulation import make_repo as mr
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for existed in (False, True):
+                repo = Path(tmp, f"repo{existed}")
+                if existed:
+                    repo.mkdir()
+                with mock.patch.object(mr, "run_pipetask", side_effect=mr.MakeRepoError("pipetask failed")):
+                    with self.assertRaisesRegex(mr.MakeRepoError, "pipetask failed"):
+                        mr.make_repo(repo, visits=1, detectors=1, size=64, seed=3)
+                # A directory the user made stays, empty; one make-repo made is gone.
+                self.assertEqual(repo.exists(), existed)
+                if existed:
+                    self.assertEqual(list(repo.iterdir()), [])
+
+
 def _xy(x, y):
     from lsst.images import XY
 
