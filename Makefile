@@ -44,9 +44,11 @@ demo: $(STAMP)
 	  --size $(DEMO_SIZE) --seed $(DEMO_SEED) -j $(JOBS)
 	@echo "== What was made"
 	$(VENV)/bin/butler query-collections $(DEMO_DIR)/repo
-	$(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo visit_image visit_image_truth source \
-	  --collections SimCam/runs/survey | head -20
-	$(VENV)/bin/python -m lsst.trail_detect.simulation.summary $(DEMO_DIR)/repo SimCam/runs/survey
+	$(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo visit_image --collections SimCam/runs/survey
+	$(VENV)/bin/python -m lsst.trail_detect.simulation.summary $(DEMO_DIR)/repo SimCam/runs/survey \
+	  $(DEMO_DIR)/visit_image.png
+	@echo "== Look further with: $(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo source visit_image_truth" \
+	  "--collections SimCam/runs/survey  (README: 'Looking at the outputs')"
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadscope --durations=15 tests

@@ -21,12 +21,13 @@
 
 """Print a summary of an embedded-survey repository.
 
-Usage: ``python -m lsst.trail_detect.simulation.summary REPO COLLECTION``.
+Usage: ``python -m lsst.trail_detect.simulation.summary REPO COLLECTION [PNG]``;
+with PNG, also draw the first visit image with its sources and truth.
 """
 
 from __future__ import annotations
 
-__all__ = ("summarize_survey",)
+__all__ = ("plot_visit_image", "summarize_survey")
 
 import sys
 
@@ -43,8 +44,8 @@ def summarize_survey(repo: str, collection: str) -> str:
         key=lambda r: (r.dataId["visit"], r.dataId["detector"]),
     )
     lines = [
-        f"{'visit':>14} {'det':>3} {'seeing':>6} {'psfSig':>6} {'stars':>6} {'gals':>6} {'CRs':>4} "
-        f"{'sat.px':>7} {'sources':>7} {'src/star5sig':>12}"
+        f"{'visit':>14} {'det':>3} {'FWHM':>6} {'psfSig':>6} {'stars':>6} {'gals':>6} {'CRs':>4} "
+        f"{'sat.px':>7} {'sources':>7} {'found':>6}"
     ]
     for ref in refs:
         did = ref.dataId
@@ -60,13 +61,50 @@ def summarize_survey(repo: str, collection: str) -> str:
             f"{did['visit']:>14} {did['detector']:>3} {2.3548 * stats.psfSigma * 0.2:>6.2f} "
             f"{stats.psfSigma:>6.2f} {int(((kinds == 'star') & on).sum()):>6} "
             f"{int(((kinds == 'galaxy') & on).sum()):>6} {int((kinds == 'cosmic_ray').sum()):>4} "
-            f"{int(mask.get('SATURATED').sum()):>7} {len(sources):>7} {recovered:>12.2f}"
+            f"{int(mask.get('SATURATED').sum()):>7} {len(sources):>7} {recovered:>6.2f}"
         )
     lines.append(
-        "seeing: FWHM of the stored PSF model (arcsec); src/star5sig: fraction of unsaturated truth stars "
-        "with PSF SNR > 20 that have a source within 1.5 px."
+        "FWHM: of the stored Gaussian PSF model (arcsec); found: fraction of unsaturated truth stars "
+        "with PSF SNR > 20 that have a source within 1.5 px (misses are at the detection edge or blended)."
     )
     return "\n".join(lines)
+
+
+def plot_visit_image(repo: str, collection: str, out: str) -> str:
+    """Draw the first visit image with its sources (circles) and truth satellites and cosmic rays."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from astropy.visualization import ZScaleInterval
+    from lsst.daf.butler import Butler
+
+    butler = Butler.from_config(repo, collections=collection)
+    ref = sorted(butler.query_datasets("visit_image", limit=None), key=lambda r: (r.dataId["visit"],
+                                                                                   r.dataId["detector"]))[0]
+    image = butler.get(ref)
+    sources = butler.get("source", ref.dataId)
+    truth = butler.get("visit_image_truth", ref.dataId)
+    arr = image.image.array
+    lo, hi = ZScaleInterval().get_limits(arr[np.isfinite(arr)])
+    fig, ax = plt.subplots(figsize=(9, 9))
+    ax.imshow(arr, origin="lower", cmap="gray", vmin=lo, vmax=lo + 3 * (hi - lo), interpolation="nearest")
+    ax.scatter(sources["x"], sources["y"], s=40, facecolors="none", edgecolors="tab:green", linewidths=0.6,
+               label=f"source ({len(sources)})")
+    for kind, colour in (("satellite", "tab:red"), ("cosmic_ray", "tab:orange")):
+        rows = truth[truth["type"] == kind]
+        for row in rows:
+            ax.plot([row["x_start"], row["x_end"]], [row["y_start"], row["y_end"]], color=colour, lw=0.8)
+        if len(rows):
+            ax.plot([], [], color=colour, label=f"truth {kind} ({len(rows)})")
+    ax.set_xlim(-0.5, arr.shape[1] - 0.5)
+    ax.set_ylim(-0.5, arr.shape[0] - 0.5)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"visit_image visit={ref.dataId['visit']} detector={ref.dataId['detector']}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
 
 
 def _match_fraction(truth, sources, radius: float = 1.5) -> float:
@@ -83,6 +121,8 @@ def _match_fraction(truth, sources, radius: float = 1.5) -> float:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m lsst.trail_detect.simulation.summary REPO COLLECTION")
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python -m lsst.trail_detect.simulation.summary REPO COLLECTION [PNG]")
     print(summarize_survey(sys.argv[1], sys.argv[2]))
+    if len(sys.argv) == 4:
+        print(f"Wrote {plot_visit_image(sys.argv[1], sys.argv[2], sys.argv[3])}")
