@@ -384,7 +384,6 @@ class CatalogCommandsTestCase(lsst.utils.tests.TestCase):
 
     def test_ingest_catalog(self):
         from lsst.daf.butler import Butler
-
         from lsst.trail_detect.simulation.gaia import synthetic_gaia_catalog, write_star_catalog
 
         repo = Path(self.tmp, "repo")

@@ -77,11 +77,14 @@ def plot_visit_image(repo: str, collection: str, out: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from astropy.visualization import ZScaleInterval
+
     from lsst.daf.butler import Butler
 
     butler = Butler.from_config(repo, collections=collection)
-    ref = sorted(butler.query_datasets("visit_image", limit=None), key=lambda r: (r.dataId["visit"],
-                                                                                   r.dataId["detector"]))[0]
+    ref = sorted(
+        butler.query_datasets("visit_image", limit=None),
+        key=lambda r: (r.dataId["visit"], r.dataId["detector"]),
+    )[0]
     image = butler.get(ref)
     sources = butler.get("source", ref.dataId)
     truth = butler.get("visit_image_truth", ref.dataId)
@@ -89,8 +92,15 @@ def plot_visit_image(repo: str, collection: str, out: str) -> str:
     lo, hi = ZScaleInterval().get_limits(arr[np.isfinite(arr)])
     fig, ax = plt.subplots(figsize=(9, 9))
     ax.imshow(arr, origin="lower", cmap="gray", vmin=lo, vmax=lo + 3 * (hi - lo), interpolation="nearest")
-    ax.scatter(sources["x"], sources["y"], s=40, facecolors="none", edgecolors="tab:green", linewidths=0.6,
-               label=f"source ({len(sources)})")
+    ax.scatter(
+        sources["x"],
+        sources["y"],
+        s=40,
+        facecolors="none",
+        edgecolors="tab:green",
+        linewidths=0.6,
+        label=f"source ({len(sources)})",
+    )
     for kind, colour in (("satellite", "tab:red"), ("cosmic_ray", "tab:orange")):
         rows = truth[truth["type"] == kind]
         for row in rows:
