@@ -102,24 +102,15 @@ class DetectSourcesStackLikeTask(pipeBase.PipelineTask):
         """
         import astropy.units as u
 
+        from ..imageutils import mask_planes, pixel_to_sky_function, psf_sigma
         from .stack_detection import detect_sources
 
         image = exposure.image.array
         variance = exposure.variance.array
-        names = exposure.mask.schema.names
-        planes = {name: exposure.mask.get(name) for name in names}
-        sigma = (
-            float(exposure.psf.sigma)
-            if hasattr(exposure.psf, "sigma")
-            else float(exposure.summary_stats.psfSigma)
-        )
+        planes = mask_planes(exposure)
+        sigma = psf_sigma(exposure)
         edge_width = int(math.ceil(3.0 * sigma))
-        wcs = exposure.sky_projection.as_astropy(exposure.bbox)
-
-        def pixel_to_sky(x, y):
-            # 0-based array coordinates, as the VisitImage's bbox starts at 0.
-            coords = wcs.pixel_to_world(np.asarray(x), np.asarray(y))
-            return coords.ra.deg, coords.dec.deg
+        pixel_to_sky = pixel_to_sky_function(exposure)
 
         table, detected = detect_sources(
             image,

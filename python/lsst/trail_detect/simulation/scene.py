@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import clip_segment
 from .camera import PIXEL_SCALE_ARCSEC, PIXEL_SIZE_MM, detector_wcs
 
 # Offsets from r to other bands for a typical faint galaxy (AB mag).
@@ -307,26 +308,6 @@ def _render_satellite(model_e, p0, p1, flux_per_px, sigma_px) -> None:
     model_e[sel] += (
         flux_per_px * np.exp(-0.5 * (perp[sel] / sigma_px) ** 2) / (math.sqrt(2 * math.pi) * sigma_px)
     )
-
-
-def _clip_line(x0, y0, x1, y1, size):
-    """Clip a segment to the image box [-0.5, size-0.5]^2 (Liang-Barsky)."""
-    lo, hi = -0.5, size - 0.5
-    dx, dy = x1 - x0, y1 - y0
-    t0, t1 = 0.0, 1.0
-    for p, q in ((-dx, x0 - lo), (dx, hi - x0), (-dy, y0 - lo), (dy, hi - y0)):
-        if p == 0:
-            if q < 0:
-                return None
-            continue
-        t = q / p
-        if p < 0:
-            t0 = max(t0, t)
-        else:
-            t1 = min(t1, t)
-    if t0 > t1:
-        return None
-    return x0 + t0 * dx, y0 + t0 * dy, x0 + t1 * dx, y0 + t1 * dy
 
 
 def _cosmic_rays(shape, n, rng, read_sigma_e):
@@ -774,7 +755,7 @@ def simulate_detector(
         p_b = anchor.directional_offset_by((pa + 180.0) * u.deg, 2.0 * u.deg)
         xa, ya = wcs.world_to_pixel(p_a)
         xb, yb = wcs.world_to_pixel(p_b)
-        seg = _clip_line(float(xa), float(ya), float(xb), float(yb), size)
+        seg = clip_segment(float(xa), float(ya), float(xb), float(yb), size, size)
         if seg is not None and math.hypot(seg[2] - seg[0], seg[3] - seg[1]) > 1.0:
             mag_arcsec = vrng.uniform(13.0, 17.0)
             width_arcsec = math.hypot(conditions["seeing_fwhm_arcsec"], vrng.uniform(1.0, 4.0))

@@ -29,7 +29,7 @@ observation info, the photometric calibration and summary statistics.
 
 from __future__ import annotations
 
-__all__ = ("MASK_PLANES", "make_mask_schema", "make_visit_image")
+__all__ = ("MASK_PLANES", "make_mask_schema", "make_simple_visit_image", "make_visit_image")
 
 import math
 
@@ -147,3 +147,62 @@ def make_visit_image(sim, conditions: dict, detector: int, *, frames=None):
         band=conditions["band"],
         metadata=metadata,
     )
+
+
+def make_simple_visit_image(
+    image: np.ndarray,
+    variance: np.ndarray,
+    psf_sigma: float,
+    *,
+    gain: float = 1.6,
+    nJy_per_adu: float = 0.9,
+    visit: int = 1,
+    detector: int = 4,
+    band: str = "r",
+    boresight: tuple[float, float] = (95.0, -25.0),
+    rotation_deg: float = 0.0,
+):
+    """Wrap plain arrays in a SimCam `lsst.images.VisitImage`.
+
+    For tests and benchmarks that need a real visit image without running
+    the scene simulation: a TAN WCS on detector ``detector`` of a pointing,
+    a Gaussian PSF model of ``psf_sigma`` pixels and a photometric
+    calibration of ``nJy_per_adu``, with ``GAIN`` and ``NJY_PER_ADU`` in
+    the metadata.
+    """
+    from .camera import detector_wcs
+    from .scene import SimulatedDetector
+    from .survey import plan_survey
+
+    size = image.shape[0]
+    if image.shape != (size, size) or variance.shape != image.shape:
+        raise ValueError(
+            f"image and variance must be the same square shape, not {image.shape}, {variance.shape}."
+        )
+    conditions = dict(plan_survey(1, [detector], size, seed=visit)[0])
+    conditions.update(
+        visit=visit,
+        band=band,
+        physical_filter=f"{band}_sim",
+        boresight_ra=boresight[0],
+        boresight_dec=boresight[1],
+        rotation_deg=rotation_deg,
+        gain=gain,
+        seeing_fwhm_arcsec=2.3548 * psf_sigma * 0.2,
+    )
+    wcs = detector_wcs(boresight[0], boresight[1], rotation_deg, detector, size)
+    masks = {name: np.zeros(image.shape, dtype=bool) for name in ("SATURATED", "BAD", "NO_DATA")}
+    sim = SimulatedDetector(
+        image=np.asarray(image, dtype=np.float32),
+        variance=np.asarray(variance, dtype=np.float32),
+        masks=masks,
+        model=np.zeros(image.shape, dtype=np.float32),
+        truth=None,
+        wcs=wcs,
+        psf_sigma_true=psf_sigma,
+        psf_sigma_model=psf_sigma,
+        nJy_per_adu=nJy_per_adu,
+        background_nJy=0.0,
+        summary={"psfSigma": psf_sigma, "pixelScale": 0.2, "expTime": conditions["exposure_time"]},
+    )
+    return make_visit_image(sim, conditions, detector)

@@ -1,0 +1,73 @@
+# This file is part of trail_detect.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Small accessors shared by tasks that read `lsst.images.VisitImage` objects."""
+
+from __future__ import annotations
+
+__all__ = ("mask_planes", "pixel_to_sky_function", "psf_sigma", "sky_to_pixel_function")
+
+import numpy as np
+
+
+def pixel_to_sky_function(visit_image):
+    """Return ``f(x, y) -> (ra, dec)`` in degrees for 0-based pixel arrays."""
+    wcs = visit_image.sky_projection.as_astropy(visit_image.bbox)
+
+    def pixel_to_sky(x, y):
+        coords = wcs.pixel_to_world(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+        return np.asarray(coords.ra.deg), np.asarray(coords.dec.deg)
+
+    return pixel_to_sky
+
+
+def sky_to_pixel_function(visit_image):
+    """Return ``f(ra, dec) -> (x, y)``, the inverse of `pixel_to_sky_function`."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    wcs = visit_image.sky_projection.as_astropy(visit_image.bbox)
+
+    def sky_to_pixel(ra, dec):
+        x, y = wcs.world_to_pixel(SkyCoord(np.asarray(ra) * u.deg, np.asarray(dec) * u.deg))
+        return np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+
+    return sky_to_pixel
+
+
+def psf_sigma(visit_image) -> float:
+    """Return the Gaussian sigma (pixels) of a visit image's PSF model.
+
+    A Gaussian model gives its sigma; any other model falls back to the
+    ``psfSigma`` summary statistic, as the stack records it.
+    """
+    sigma = getattr(visit_image.psf, "sigma", None)
+    if sigma is not None:
+        return float(sigma)
+    value = float(visit_image.summary_stats.psfSigma)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError("the visit image has neither a Gaussian PSF model nor a psfSigma summary statistic.")
+    return value
+
+
+def mask_planes(visit_image) -> dict[str, np.ndarray]:
+    """Return every mask plane of a visit image as boolean arrays."""
+    return {name: visit_image.mask.get(name) for name in visit_image.mask.schema.names}
