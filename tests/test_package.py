@@ -152,6 +152,16 @@ class PipelinesTestCase(lsst.utils.tests.TestCase):
             self.assertGreater(len(graph.tasks), 0, path.name)
             for node in graph.tasks.values():
                 lintConnections(node.task_class.ConfigClass.ConnectionsClass)
+        # Ingredients parse; those whose tasks all import here also build.
+        import importlib.util
+
+        stack = importlib.util.find_spec("lsst.source") is not None
+        for path in sorted((package_dir() / "pipelines" / "_ingredients").glob("*.yaml")):
+            pipeline = Pipeline.from_uri(str(path))
+            if path.name != "injection_stack.yaml" or stack:
+                self.assertGreater(len(pipeline.to_graph().tasks), 0, path.name)
+            else:
+                self.assertIn("injectVisit", pipeline.task_labels)
 
 
 class PackageTestCase(lsst.utils.tests.ImportTestCase):

@@ -302,6 +302,98 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
         self.assertGreater(n_faint, 10)
         self.assertLess(faint_found / n_faint, 0.1)
 
+    def run_pipeline(self, name, output, inputs="SimCam/runs/survey,SimCam/defaults"):
+        from lsst.trail_detect.paths import package_dir, pipeline_path
+
+        pipeline = name if os.path.isabs(name) else str(pipeline_path(name))
+        exe = Path(sys.executable).parent / "pipetask"
+        cmd = [
+            str(exe) if exe.exists() else "pipetask",
+            "run",
+            "-b",
+            self.repo,
+            "-i",
+            inputs,
+            "-o",
+            output,
+            "-p",
+            pipeline,
+            "--register-dataset-types",
+            "-j",
+            "2",
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=900,
+            env=dict(os.environ, TRAIL_DETECT_DIR=str(package_dir())),
+        )
+        self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
+        from lsst.daf.butler import Butler
+
+        return Butler.from_config(self.repo, collections=output)
+
+    def test_inject_trails_pipeline(self):
+        """pipetask run of InjectTrails and EndToEnd; outputs read back through the Butler."""
+        for name, output, strict in (
+            ("InjectTrails.yaml", "u/test/inject", True),
+            ("EndToEnd.yaml", "u/test/end_to_end", False),
+        ):
+            butler = self.run_pipeline(name, output)
+            refs = butler.query_datasets("injected_visit_image", limit=None)
+            self.assertEqual(len(refs), VISITS * DETECTORS)
+            ratios = []
+            for ref in refs:
+                injected = butler.get(ref)
+                original = self.butler.get("visit_image", ref.dataId)
+                catalog = butler.get("injected_visit_image_catalog", ref.dataId)
+                requested = butler.get("trail_injection_catalog", ref.dataId)
+                truth_mask = butler.get("injected_trail_mask", ref.dataId).get("TRAIL")
+                self.assertEqual(len(catalog), len(requested))
+                np.testing.assert_array_equal(catalog["injection_id"], requested["injection_id"])
+                changed = injected.image.array != original.image.array
+                in_box = injected.mask.get("INJECTED")
+                self.assertTrue(in_box[changed].all())
+                self.assertTrue(in_box[truth_mask].all())
+                self.assertTrue(np.all(injected.variance.array[changed] >= original.variance.array[changed]))
+                ends = np.stack([catalog["x_start"], catalog["x_end"], catalog["y_start"], catalog["y_end"]])
+                inside = np.all((ends > 15) & (ends < SIZE - 16), axis=0)  # PSF wings on the detector too
+                ok = (catalog["injection_flag"] == 0) & inside
+                np.testing.assert_allclose(catalog["flux_drawn"][ok], catalog["flux"][ok], rtol=0.02)
+                ratios.extend(np.asarray(catalog["nu_det"][ok] / catalog["target_nu_det"][ok]))
+                self.assertTrue(injected.metadata["HAS_SIMULATED_CONTENT"])
+            # With the model PSF the measured nu_det is the target; the true PSF spreads it a little.
+            self.assertFloatsAlmostEqual(float(np.median(ratios)), 1.0, atol=0.05 if strict else 0.25)
+            del butler
+        # The same catalogs, regrouped by (htm7, band) for lsst.source.injection.
+        import lsst.sphgeom as sg
+        from lsst.trail_detect.paths import package_dir
+
+        butler = self.run_pipeline(
+            str(package_dir() / "pipelines/_ingredients/trail_catalog_shards.yaml"),
+            "u/test/shards",
+            inputs="u/test/inject",
+        )
+        shards = butler.query_datasets("injection_catalog", limit=None)
+        rows = 0
+        for ref in shards:
+            table = butler.get(ref)
+            self.assertNotIn("x", table.colnames)
+            htm = sg.HtmPixelization(7)
+            for ra, dec in zip(table["ra"], table["dec"]):
+                self.assertEqual(
+                    htm.index(sg.UnitVector3d(sg.LonLat.fromDegrees(ra, dec))), ref.dataId["htm7"]
+                )
+            rows += len(table)
+        n_trails = sum(
+            len(butler.get("trail_injection_catalog", ref.dataId))
+            for ref in butler.query_datasets("trail_injection_catalog", limit=None)
+        )
+        self.assertEqual(rows, n_trails)
+        del butler
+
 
 class BadInputTestCase(lsst.utils.tests.TestCase):
     """make-repo refuses bad input clearly and leaves nothing half-made."""
