@@ -2,6 +2,7 @@
 # `make test` runs the test suite. Both set up .venv themselves on first use.
 
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV ?= .venv
 DEMO_DIR ?= demo
 DEMO_VISITS ?= 4
@@ -39,16 +40,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@rm -rf $(DEMO_DIR)/repo
 	@mkdir -p $(DEMO_DIR)
-	@echo "== 1/1 Embedded survey: $(DEMO_VISITS) visits x $(DEMO_DETECTORS) detectors of $(DEMO_SIZE)^2 px"
+	@echo "== 1/2 Embedded survey: $(DEMO_VISITS) visits x $(DEMO_DETECTORS) detectors of $(DEMO_SIZE)^2 px"
 	$(VENV)/bin/trail-detect make-repo $(DEMO_DIR)/repo --visits $(DEMO_VISITS) --detectors $(DEMO_DETECTORS) \
 	  --size $(DEMO_SIZE) --seed $(DEMO_SEED) -j $(JOBS)
+	@echo "== 2/2 Main job: pipelines/EndToEnd.yaml (trail injection with truth)"
+	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(DEMO_DIR)/repo -i SimCam/runs/survey,SimCam/defaults \
+	  -o SimCam/runs/end_to_end -p pipelines/EndToEnd.yaml --register-dataset-types -j $(JOBS) \
+	  2>&1 | grep --line-buffered -E "Executed|Injected|Drew|ERROR|rror:"
 	@echo "== What was made"
 	$(VENV)/bin/butler query-collections $(DEMO_DIR)/repo
-	$(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo visit_image --collections SimCam/runs/survey
-	$(VENV)/bin/python -m lsst.trail_detect.simulation.summary $(DEMO_DIR)/repo SimCam/runs/survey \
-	  $(DEMO_DIR)/visit_image.png
-	@echo "== Look further with: $(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo source visit_image_truth" \
-	  "--collections SimCam/runs/survey  (README: 'Looking at the outputs')"
+	$(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo injected_visit_image --collections SimCam/runs/end_to_end
+	$(VENV)/bin/python -m lsst.trail_detect.demo $(DEMO_DIR)/repo $(DEMO_DIR)
+	@echo "== Look further: $(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo '*' --collections SimCam/runs/end_to_end"
+	@echo "   and README.md, 'Looking at the outputs'."
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadscope --durations=15 tests
