@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     if END_TO_END in collections:
         print(f"\n== Injected trails (collection {END_TO_END})")
         print(summarize_injection(repo, END_TO_END))
-        print(
-            f"Picture: {plot_injected_image(repo, END_TO_END, str(Path(outdir) / 'injected_visit_image.png'))}"
-        )
+        picture = plot_injected_image(repo, END_TO_END, str(Path(outdir) / "injected_visit_image.png"))
+        print(f"Picture: {picture}")
 
 
 if __name__ == "__main__":
