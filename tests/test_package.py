@@ -165,7 +165,12 @@ class PipelinesTestCase(lsst.utils.tests.TestCase):
 
 
 class PackageTestCase(lsst.utils.tests.ImportTestCase):
-    PACKAGES = {"lsst.trail_detect", "lsst.trail_detect.simulation", "lsst.trail_detect.cli"}
+    PACKAGES = {
+        "lsst.trail_detect",
+        "lsst.trail_detect.simulation",
+        "lsst.trail_detect.cli",
+        "lsst.trail_detect.injection",
+    }
 
 
 class CliTestCase(lsst.utils.tests.TestCase):
