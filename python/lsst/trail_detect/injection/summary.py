@@ -32,11 +32,10 @@ def summarize_injection(repo: str, collection: str) -> str:
     """Return a table of the injected trails per (visit, detector) in ``collection``."""
     from lsst.daf.butler import Butler
 
+    from ..plotting import sorted_refs
+
     butler = Butler.from_config(repo, collections=collection)
-    refs = sorted(
-        butler.query_datasets("injected_visit_image_catalog", limit=None),
-        key=lambda r: (r.dataId["visit"], r.dataId["detector"]),
-    )
+    refs = sorted_refs(butler, "injected_visit_image_catalog")
     lines = [
         f"{'visit':>14} {'det':>3} {'trails':>6} {'drawn':>5} {'len med':>7} {'nu_det 10/50/90%':>17} "
         f"{'nu_opt med':>10} {'mask px':>7}"
@@ -60,25 +59,19 @@ def summarize_injection(repo: str, collection: str) -> str:
 
 def plot_injected_image(repo: str, collection: str, out: str) -> str:
     """Draw the first injected image beside its truth mask, labelling each trail with its nu_det."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from astropy.visualization import ZScaleInterval
 
     from lsst.daf.butler import Butler
 
+    from ..plotting import new_figure, show_image, sorted_refs
+
     butler = Butler.from_config(repo, collections=collection)
-    ref = sorted(
-        butler.query_datasets("injected_visit_image", limit=None),
-        key=lambda r: (r.dataId["visit"], r.dataId["detector"]),
-    )[0]
+    ref = sorted_refs(butler, "injected_visit_image")[0]
     image = butler.get(ref).image.array
     mask = butler.get("injected_trail_mask", ref.dataId).get("TRAIL")
     catalog = butler.get("injected_visit_image_catalog", ref.dataId)
-    lo, hi = ZScaleInterval().get_limits(image[np.isfinite(image)])
-    fig, axes = plt.subplots(1, 2, figsize=(16, 8))
-    axes[0].imshow(image, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    fig, axes = new_figure(2, 8.0)
+    show_image(axes[0], image)
     axes[1].imshow(mask, origin="lower", cmap="gray", interpolation="nearest")
     for row in catalog[catalog["injection_flag"] == 0]:
         axes[0].annotate(

@@ -38,11 +38,10 @@ def summarize_survey(repo: str, collection: str) -> str:
     """Return a human-readable summary of the simulated survey in ``collection``."""
     from lsst.daf.butler import Butler
 
+    from ..plotting import sorted_refs
+
     butler = Butler.from_config(repo, collections=collection)
-    refs = sorted(
-        butler.query_datasets("visit_image", limit=None),
-        key=lambda r: (r.dataId["visit"], r.dataId["detector"]),
-    )
+    refs = sorted_refs(butler, "visit_image")
     lines = [
         f"{'visit':>14} {'det':>3} {'FWHM':>6} {'psfSig':>6} {'stars':>6} {'gals':>6} {'CRs':>4} "
         f"{'sat.px':>7} {'sources':>7} {'found':>6}"
@@ -72,26 +71,20 @@ def summarize_survey(repo: str, collection: str) -> str:
 
 def plot_visit_image(repo: str, collection: str, out: str) -> str:
     """Draw the first visit image with its sources (circles) and truth satellites and cosmic rays."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from astropy.visualization import ZScaleInterval
 
     from lsst.daf.butler import Butler
 
+    from ..plotting import new_figure, show_image, sorted_refs
+
     butler = Butler.from_config(repo, collections=collection)
-    ref = sorted(
-        butler.query_datasets("visit_image", limit=None),
-        key=lambda r: (r.dataId["visit"], r.dataId["detector"]),
-    )[0]
+    ref = sorted_refs(butler, "visit_image")[0]
     image = butler.get(ref)
     sources = butler.get("source", ref.dataId)
     truth = butler.get("visit_image_truth", ref.dataId)
     arr = image.image.array
-    lo, hi = ZScaleInterval().get_limits(arr[np.isfinite(arr)])
-    fig, ax = plt.subplots(figsize=(9, 9))
-    ax.imshow(arr, origin="lower", cmap="gray", vmin=lo, vmax=lo + 3 * (hi - lo), interpolation="nearest")
+    fig, ax = new_figure(1, 9.0)
+    show_image(ax, arr, stretch=3.0)
     ax.scatter(
         sources["x"],
         sources["y"],
