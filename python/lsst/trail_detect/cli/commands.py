@@ -23,7 +23,7 @@
 
 from __future__ import annotations
 
-__all__ = ("fetch_gaia", "ingest_catalog", "make_repo")
+__all__ = ("export_tiles", "fetch_gaia", "ingest_catalog", "make_repo")
 
 import click
 
@@ -170,3 +170,40 @@ def ingest_catalog(repo, catalog_file, run, dataset_type):
     except (gaia.StarCatalogError, ValueError) as err:
         raise _fail(err) from None
     click.echo(f"Ingested {len(table)} stars from {catalog_file} as {n} {dataset_type} datasets in {run}.")
+
+
+@click.command("export-tiles")
+@click.argument("repo", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--collections", required=True, help="Collection(s) holding the shards (comma-separated).")
+@click.option("--dataset-type", default="trail_training_tiles", show_default=True,
+              help="Shard dataset type (trail_training_tiles or star_training_tiles).")
+@click.option("--where", default="", help="Butler query restricting the data IDs.")
+@click.option("--overwrite/--no-overwrite", default=False, show_default=True, help="Replace OUT if it exists.")
+def export_tiles(repo, out, collections, dataset_type, where, overwrite):
+    """Gather the tile shards of REPO into one HDF5 file OUT for training outside the Butler.
+
+    Refuses shards whose splits overlap (the same visit and detector in two
+    splits) or that differ in kind, tile size or normalization method.
+    """
+    from pathlib import Path
+
+    from lsst.daf.butler import Butler
+
+    from ..tiles.shard import concatenate_shards, write_shard
+
+    if Path(out).exists() and not overwrite:
+        raise click.ClickException(f"{out} exists; pass --overwrite to replace it.")
+    butler = Butler.from_config(repo, collections=collections.split(","))
+    refs = sorted(butler.query_datasets(dataset_type, where=where, limit=None, explain=False),
+                  key=lambda r: tuple(r.dataId.required.values()))
+    if not refs:
+        raise click.ClickException(f"no {dataset_type} datasets in {collections}.")
+    try:
+        shard = concatenate_shards([butler.get(ref) for ref in refs])
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    write_shard(shard, out)
+    counts = {s: int((shard.tiles["split"] == s).sum()) for s in ("train", "validation", "test")}
+    click.echo(f"Wrote {len(shard)} tiles from {len(refs)} shards to {out}: " +
+               ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")

@@ -31,7 +31,7 @@ import sys
 import click
 
 from .. import __version__
-from .commands import fetch_gaia, ingest_catalog, make_repo
+from .commands import export_tiles, fetch_gaia, ingest_catalog, make_repo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,6 +57,7 @@ def cli(log_level: str) -> None:
 cli.add_command(make_repo)
 cli.add_command(fetch_gaia)
 cli.add_command(ingest_catalog)
+cli.add_command(export_tiles)
 
 
 def main() -> None:

@@ -59,6 +59,12 @@ class DetectSourcesStackLikeConnections(
     )
 
 
+    def __init__(self, *, config=None):
+        super().__init__(config=config)
+        if config is not None and not config.write_detected_exposure:
+            del self.detected_exposure
+
+
 class DetectSourcesStackLikeConfig(
     pipeBase.PipelineTaskConfig, pipelineConnections=DetectSourcesStackLikeConnections
 ):
@@ -67,6 +73,10 @@ class DetectSourcesStackLikeConfig(
     threshold = pexConfig.Field[float](doc="Detection threshold in PSF-filtered SNR.", default=5.0)
     grow_sigma = pexConfig.Field[float](
         doc="Footprints are grown by this many PSF sigmas (the stack's nSigmaToGrow).", default=2.4
+    )
+    write_detected_exposure = pexConfig.Field[bool](
+        doc="Write the image with DETECTED set; turn off to write only the catalog (e.g. on injected images).",
+        default=True,
     )
     excluded_planes = pexConfig.ListField[str](
         doc="Mask planes whose pixels are left out of the matched filter.", default=["NO_DATA", "BAD"]
@@ -98,7 +108,8 @@ class DetectSourcesStackLikeTask(pipeBase.PipelineTask):
         -------
         result : `lsst.pipe.base.Struct`
             ``detected_exposure`` (a copy with DETECTED and DETECTION_EDGE
-            set) and ``sources`` (`astropy.table.Table`).
+            set, or `None` if ``write_detected_exposure`` is off) and
+            ``sources`` (`astropy.table.Table`).
         """
         import astropy.units as u
 
@@ -124,13 +135,14 @@ class DetectSourcesStackLikeTask(pipeBase.PipelineTask):
             pixel_to_sky=pixel_to_sky,
             flux_unit=u.nJy,
         )
-        result = exposure.copy()
-        edge = np.zeros(image.shape, dtype=bool)
-        edge[:edge_width, :] = edge[-edge_width:, :] = True
-        edge[:, :edge_width] = edge[:, -edge_width:] = True
-        result.mask.set("DETECTION_EDGE", edge)
-        result.mask.set("DETECTED", detected)
-        table.meta.update({"threshold": self.config.threshold, "psf_sigma": sigma})
+        result = None
+        if self.config.write_detected_exposure:
+            result = exposure.copy()
+            edge = np.zeros(image.shape, dtype=bool)
+            edge[:edge_width, :] = edge[-edge_width:, :] = True
+            edge[:, :edge_width] = edge[:, -edge_width:] = True
+            result.mask.set("DETECTION_EDGE", edge)
+            result.mask.set("DETECTED", detected)
         self.log.info(
             "Detected %d sources above %.1f sigma (%.1f%% of pixels DETECTED).",
             len(table),
