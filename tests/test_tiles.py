@@ -27,10 +27,10 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
-import lsst.utils.tests
 import numpy as np
 from astropy.table import Table
 
+import lsst.utils.tests
 from lsst.trail_detect.tiles.normalization import (
     Normalization,
     apply_normalization,
@@ -157,8 +157,9 @@ class TilingTestCase(lsst.utils.tests.TestCase):
 
     def test_build_trail_tiles(self):
         """Every trail tile is kept with its label, metadata and the stack's verdict on its trail."""
-        from lsst.trail_detect.injection.render import inject_trails
         from test_injection import SIGMA, gaussian_psf_at, trail_table
+
+        from lsst.trail_detect.injection.render import inject_trails
 
         rng = np.random.default_rng(5)
         size = 300
@@ -285,10 +286,11 @@ class ShardTestCase(lsst.utils.tests.TestCase):
 class BuildTaskTestCase(lsst.utils.tests.TestCase):
     def test_task_run(self):
         """BuildTrailTilesTask on a real injected VisitImage, without a Butler."""
+        from test_injection import trail_table
+
         from lsst.trail_detect.injection.inject_trails import InjectTrailsTask
         from lsst.trail_detect.simulation.visit_image import make_simple_visit_image
         from lsst.trail_detect.tiles.build_trail_tiles import BuildTrailTilesTask
-        from test_injection import trail_table
 
         rng = np.random.default_rng(3)
         size = 256

@@ -176,10 +176,16 @@ def ingest_catalog(repo, catalog_file, run, dataset_type):
 @click.argument("repo", type=click.Path(exists=True, file_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--collections", required=True, help="Collection(s) holding the shards (comma-separated).")
-@click.option("--dataset-type", default="trail_training_tiles", show_default=True,
-              help="Shard dataset type (trail_training_tiles or star_training_tiles).")
+@click.option(
+    "--dataset-type",
+    default="trail_training_tiles",
+    show_default=True,
+    help="Shard dataset type (trail_training_tiles or star_training_tiles).",
+)
 @click.option("--where", default="", help="Butler query restricting the data IDs.")
-@click.option("--overwrite/--no-overwrite", default=False, show_default=True, help="Replace OUT if it exists.")
+@click.option(
+    "--overwrite/--no-overwrite", default=False, show_default=True, help="Replace OUT if it exists."
+)
 def export_tiles(repo, out, collections, dataset_type, where, overwrite):
     """Gather the tile shards of REPO into one HDF5 file OUT for training outside the Butler.
 
@@ -195,8 +201,10 @@ def export_tiles(repo, out, collections, dataset_type, where, overwrite):
     if Path(out).exists() and not overwrite:
         raise click.ClickException(f"{out} exists; pass --overwrite to replace it.")
     butler = Butler.from_config(repo, collections=collections.split(","))
-    refs = sorted(butler.query_datasets(dataset_type, where=where, limit=None, explain=False),
-                  key=lambda r: tuple(r.dataId.required.values()))
+    refs = sorted(
+        butler.query_datasets(dataset_type, where=where, limit=None, explain=False),
+        key=lambda r: tuple(r.dataId.required.values()),
+    )
     if not refs:
         raise click.ClickException(f"no {dataset_type} datasets in {collections}.")
     try:
@@ -205,5 +213,8 @@ def export_tiles(repo, out, collections, dataset_type, where, overwrite):
         raise click.ClickException(str(err)) from None
     write_shard(shard, out)
     counts = {s: int((shard.tiles["split"] == s).sum()) for s in ("train", "validation", "test")}
-    click.echo(f"Wrote {len(shard)} tiles from {len(refs)} shards to {out}: " +
-               ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
+    click.echo(
+        f"Wrote {len(shard)} tiles from {len(refs)} shards to {out}: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + "."
+    )

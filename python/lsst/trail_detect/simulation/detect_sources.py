@@ -58,7 +58,6 @@ class DetectSourcesStackLikeConnections(
         dimensions=("instrument", "visit", "detector"),
     )
 
-
     def __init__(self, *, config=None):
         super().__init__(config=config)
         if config is not None and not config.write_detected_exposure:
@@ -75,7 +74,8 @@ class DetectSourcesStackLikeConfig(
         doc="Footprints are grown by this many PSF sigmas (the stack's nSigmaToGrow).", default=2.4
     )
     write_detected_exposure = pexConfig.Field[bool](
-        doc="Write the image with DETECTED set; turn off to write only the catalog (e.g. on injected images).",
+        doc="Write the image with DETECTED set; turn off to write only the catalog "
+        "(e.g. on injected images).",
         default=True,
     )
     excluded_planes = pexConfig.ListField[str](

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 __all__ = ("BuildTrailTilesConfig", "BuildTrailTilesConnections", "BuildTrailTilesTask")
 
+import numpy as np
+
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
-import numpy as np
 
 
 class BuildTrailTilesConnections(

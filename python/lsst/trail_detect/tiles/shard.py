@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lsst.daf.butler import FormatterV2
 
 FORMAT_NAME = "lsst.trail_detect.tiles"
