@@ -89,8 +89,8 @@ def main() -> None:
             sizes.append(os.path.getsize(path) / 1e6)
             n_trail = int(np.sum(shard.tiles["has_trail"]))
             print(
-                f"run {k}: {times[-1]:.2f} s, {len(shard)} tiles ({n_trail} with trails) of {shard.tile_size} px, "
-                f"{sizes[-1]:.1f} MB"
+                f"run {k}: {times[-1]:.2f} s, {len(shard)} tiles ({n_trail} with trails) "
+                f"of {shard.tile_size} px, {sizes[-1]:.1f} MB"
             )
     print(f"image {args.size}x{args.size}, {args.trails} trails, cpu cores {os.cpu_count()}")
     print(f"tiles_megabytes_per_detector: {np.median(sizes):.1f}")
