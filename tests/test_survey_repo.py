@@ -92,6 +92,7 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
     @classmethod
     def tearDownClass(cls):
         del cls.butler
+        cls._injected = None
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def load(self, ref):
@@ -335,13 +336,77 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
 
         return Butler.from_config(self.repo, collections=output)
 
+    def injected(self):
+        """Run InjectTrails once for the tests that need injected images; return its Butler."""
+        cls = type(self)
+        if getattr(cls, "_injected", None) is None:
+            cls._injected = self.run_pipeline("InjectTrails.yaml", "u/test/inject")
+        return cls._injected
+
+    def test_training_set_pipeline(self):
+        """pipetask run of BuildTrainingSet; shards read back, exported and loaded by a DataLoader."""
+        import torch
+
+        from lsst.trail_detect.imageutils import mask_planes
+        from lsst.trail_detect.tiles.datasets import TileDataset
+        from lsst.trail_detect.tiles.normalization import Normalization, apply_normalization
+
+        self.injected()
+        butler = self.run_pipeline("BuildTrainingSet.yaml", "u/test/tiles", inputs="u/test/inject")
+        refs = butler.query_datasets("trail_training_tiles", limit=None)
+        self.assertEqual(len(refs), VISITS * DETECTORS)
+        splits = {}
+        for ref in refs:
+            shard = butler.get(ref)
+            key = f"{ref.dataId['visit']}:{ref.dataId['detector']}"
+            self.assertEqual(list(shard.splits), [key])
+            splits[key] = shard.splits[key]
+            image = butler.get("injected_visit_image", ref.dataId)
+            label = butler.get("injected_trail_mask", ref.dataId).get("TRAIL")
+            planes = mask_planes(image)
+            bad = planes["NO_DATA"] | planes["BAD"] | planes["SATURATED"]
+            norm = Normalization.from_json(shard.normalization[key])
+            expected = apply_normalization(image.image.array, norm, bad=bad)
+            for k in range(len(shard)):
+                x0, y0 = int(shard.tiles["x0"][k]), int(shard.tiles["y0"][k])
+                np.testing.assert_array_equal(shard.inputs[k, 0], expected[y0 : y0 + 256, x0 : x0 + 256])
+                np.testing.assert_array_equal(shard.targets["mask"][k], label[y0 : y0 + 256, x0 : x0 + 256])
+            # Every label pixel is in some kept tile.
+            covered = np.zeros(label.shape, bool)
+            for x0, y0 in zip(shard.tiles["x0"], shard.tiles["y0"]):
+                covered[y0 : y0 + 256, x0 : x0 + 256] = True
+            self.assertTrue(covered[label].all())
+            self.assertGreater(np.mean(shard.tiles["has_trail"]), 0.5)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "tiles.h5")
+            proc = run_cli("export-tiles", self.repo, out, "--collections", "u/test/tiles")
+            self.assertIn("Wrote", proc.stdout)
+            for split in set(splits.values()):
+                dataset = TileDataset([out], split=split)
+                expected_n = sum(
+                    len(butler.get(r))
+                    for r in refs
+                    if splits[f"{r.dataId['visit']}:{r.dataId['detector']}"] == split
+                )
+                self.assertEqual(len(dataset), expected_n)
+                loader = torch.utils.data.DataLoader(
+                    dataset, batch_size=4, num_workers=2, multiprocessing_context="spawn"
+                )
+                seen = 0
+                for batch in loader:
+                    self.assertEqual(tuple(batch["image"].shape[1:]), (1, 256, 256))
+                    self.assertEqual(tuple(batch["mask"].shape[1:]), (256, 256))
+                    seen += batch["image"].shape[0]
+                self.assertEqual(seen, expected_n)
+        del butler
+
     def test_inject_trails_pipeline(self):
         """pipetask run of InjectTrails and EndToEnd; outputs read back through the Butler."""
         for name, output, strict in (
             ("InjectTrails.yaml", "u/test/inject", True),
             ("EndToEnd.yaml", "u/test/end_to_end", False),
         ):
-            butler = self.run_pipeline(name, output)
+            butler = self.injected() if name == "InjectTrails.yaml" else self.run_pipeline(name, output)
             refs = butler.query_datasets("injected_visit_image", limit=None)
             self.assertEqual(len(refs), VISITS * DETECTORS)
             ratios = []
@@ -366,7 +431,6 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
                 self.assertTrue(injected.metadata["HAS_SIMULATED_CONTENT"])
             # With the model PSF the measured nu_det is the target; the true PSF spreads it a little.
             self.assertFloatsAlmostEqual(float(np.median(ratios)), 1.0, atol=0.05 if strict else 0.25)
-            del butler
         # The same catalogs, regrouped by (htm7, band) for lsst.source.injection.
         import lsst.sphgeom as sg
         from lsst.trail_detect.paths import package_dir

@@ -270,6 +270,23 @@ class ShardTestCase(lsst.utils.tests.TestCase):
         with self.assertRaisesRegex(ValueError, "not a"):
             read_shard(not_shard)
 
+    def test_sampler_oversamples_missed_trails(self):
+        """Tiles whose trail the stack missed (sample_weight 3) are drawn three times as often."""
+        from lsst.trail_detect.tiles.datasets import TileDataset, balanced_sampler
+
+        shard = make_shard(n=40)
+        shard.tiles["has_trail"] = np.arange(40) < 20
+        shard.tiles["sample_weight"] = np.where(np.arange(40) < 10, 3.0, 1.0).astype(np.float32)
+        path = write_shard(shard, Path(self.tmp, "weighted.h5"))
+        dataset = TileDataset([path], split="train")
+        draws = np.array(list(balanced_sampler(dataset, positive_fraction=0.5, num_samples=20000, seed=1)))
+        positives = draws < 20
+        self.assertFloatsAlmostEqual(positives.mean(), 0.5, atol=0.02)
+        missed = np.isin(draws, np.arange(10)).sum()
+        found = np.isin(draws, np.arange(10, 20)).sum()
+        self.assertFloatsAlmostEqual(missed / found, 3.0, rtol=0.1)
+        dataset.close()
+
     def test_concatenate_refuses_overlapping_splits(self):
         a = make_shard(visit=1, detector=2, split="train")
         b = make_shard(visit=1, detector=3, split="test", seed=1)
