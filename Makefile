@@ -43,10 +43,10 @@ demo: $(STAMP)
 	@echo "== 1/2 Embedded survey: $(DEMO_VISITS) visits x $(DEMO_DETECTORS) detectors of $(DEMO_SIZE)^2 px"
 	$(VENV)/bin/trail-detect make-repo $(DEMO_DIR)/repo --visits $(DEMO_VISITS) --detectors $(DEMO_DETECTORS) \
 	  --size $(DEMO_SIZE) --seed $(DEMO_SEED) -j $(JOBS)
-	@echo "== 2/2 Main job: pipelines/EndToEnd.yaml (trail injection with truth)"
+	@echo "== 2/2 Main job: pipelines/EndToEnd.yaml (trail injection with truth, stack-like detection, training tiles)"
 	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(DEMO_DIR)/repo -i SimCam/runs/survey,SimCam/defaults \
 	  -o SimCam/runs/end_to_end -p pipelines/EndToEnd.yaml --register-dataset-types -j $(JOBS) \
-	  2>&1 | grep --line-buffered -E "Executed|Injected|Drew|ERROR|rror:"
+	  2>&1 | grep --line-buffered -E "Executed|Injected|Drew|tiles \(|ERROR|rror:"
 	@echo "== What was made"
 	$(VENV)/bin/butler query-collections $(DEMO_DIR)/repo
 	$(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo injected_visit_image --collections SimCam/runs/end_to_end

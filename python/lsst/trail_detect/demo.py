@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         print(summarize_injection(repo, END_TO_END))
         picture = plot_injected_image(repo, END_TO_END, str(Path(outdir) / "injected_visit_image.png"))
         print(f"Picture: {picture}")
+        from .tiles.summary import summarize_tiles
+
+        print(f"\n== Training tiles (collection {END_TO_END})")
+        print(summarize_tiles(repo, END_TO_END))
 
 
 if __name__ == "__main__":
