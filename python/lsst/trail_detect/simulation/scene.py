@@ -91,9 +91,9 @@ class SceneParameters:
     """Multiplier on the density of the stars fainter than the catalog (the star-density model)."""
     star_psf_oversampling: int = 0
     """0: draw every star with the exact PSF (GalSim FFT). N > 0: draw stars
-    whose stamp is at most 63 pixels from an N-times oversampled image of the
+    whose stamp is at most 127 pixels from an N-times oversampled image of the
     pixel-convolved PSF (quintic interpolation, about 1e-4 of the peak and
-    10-30 times faster); brighter stars keep the exact PSF."""
+    6-30 times faster); brighter stars keep the exact PSF."""
     spike_mag_limit: float = 15.5
     """Stars brighter than this (band mag) get diffraction spikes."""
     cosmic_ray_rate: float = 6.0
@@ -268,7 +268,7 @@ def _add_profile(canvas, profile, x: float, y: float, stamp: int, method: str = 
     profile.drawImage(image=sub, center=galsim.PositionD(x + 1.0, y + 1.0), add_to_image=True, method=method)
 
 
-_FAST_STAMP_MAX = 63
+_FAST_STAMP_MAX = 127
 """Largest stamp (pixels) drawn from the oversampled PSF image."""
 
 
