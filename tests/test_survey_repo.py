@@ -303,7 +303,7 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
         self.assertGreater(n_faint, 10)
         self.assertLess(faint_found / n_faint, 0.1)
 
-    def run_pipeline(self, name, output, inputs="SimCam/runs/survey,SimCam/defaults"):
+    def run_pipeline(self, name, output, inputs="SimCam/runs/survey,SimCam/defaults", extra=()):
         from lsst.trail_detect.paths import package_dir, pipeline_path
 
         pipeline = name if os.path.isabs(name) else str(pipeline_path(name))
@@ -322,6 +322,7 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
             "--register-dataset-types",
             "-j",
             "2",
+            *extra,
         ]
         proc = subprocess.run(
             cmd,
@@ -398,6 +399,46 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
                     self.assertEqual(tuple(batch["mask"].shape[1:]), (256, 256))
                     seen += batch["image"].shape[0]
                 self.assertEqual(seen, expected_n)
+        del butler
+
+    def test_star_pretraining_pipeline(self):
+        """pipetask run of StarPretraining: star fields and heatmap tiles whose peaks decode to the truth."""
+        from lsst.trail_detect.tiles.star_targets import decode_star_targets
+
+        butler = self.run_pipeline(
+            "StarPretraining.yaml",
+            "u/test/stars",
+            inputs="SimCam/defaults",
+            extra=["-d", "instrument = 'SimCam' AND detector = 0"],
+        )
+        refs = butler.query_datasets("star_training_tiles", limit=None)
+        self.assertEqual(len(refs), VISITS)
+        for ref in refs:
+            shard = butler.get(ref)
+            truth = butler.get("star_field_truth", ref.dataId)
+            image = butler.get("star_field_image", ref.dataId)
+            self.assertEqual(shard.kind, "star")
+            self.assertGreater(image.metadata["STAR_DENSITY"], 1.0)
+            stars = truth[(truth["type"] == "star") & (truth["nu_psf"] >= 3.0)]
+            self.assertGreater(len(stars), 20)
+            for k in range(len(shard)):
+                x0, y0 = int(shard.tiles["x0"][k]), int(shard.tiles["y0"][k])
+                x, y, _ = decode_star_targets(
+                    shard.targets["heatmap"][k],
+                    shard.targets["offset"][k],
+                    threshold=0.99,
+                    window=1,
+                    x0=x0,
+                    y0=y0,
+                )
+                self.assertEqual(len(x), int(shard.tiles["n_stars"][k]))
+                if len(x):
+                    # Each decoded peak is a truth star, to float32 precision.
+                    d = np.min(
+                        np.hypot(np.asarray(stars["x"])[:, None] - x, np.asarray(stars["y"])[:, None] - y),
+                        axis=0,
+                    )
+                    self.assertLess(float(np.max(d)), 1e-4)
         del butler
 
     def test_inject_trails_pipeline(self):
