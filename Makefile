@@ -40,13 +40,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@rm -rf $(DEMO_DIR)/repo
 	@mkdir -p $(DEMO_DIR)
-	@echo "== 1/2 Embedded survey: $(DEMO_VISITS) visits x $(DEMO_DETECTORS) detectors of $(DEMO_SIZE)^2 px"
+	@echo "== 1/3 Embedded survey: $(DEMO_VISITS) visits x $(DEMO_DETECTORS) detectors of $(DEMO_SIZE)^2 px"
 	$(VENV)/bin/trail-detect make-repo $(DEMO_DIR)/repo --visits $(DEMO_VISITS) --detectors $(DEMO_DETECTORS) \
 	  --size $(DEMO_SIZE) --seed $(DEMO_SEED) -j $(JOBS)
-	@echo "== 2/2 Main job: pipelines/EndToEnd.yaml (trail injection with truth, stack-like detection, training tiles)"
+	@echo "== 2/3 Main job: pipelines/EndToEnd.yaml (trail injection with truth, stack-like detection, training tiles)"
 	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(DEMO_DIR)/repo -i SimCam/runs/survey,SimCam/defaults \
 	  -o SimCam/runs/end_to_end -p pipelines/EndToEnd.yaml --register-dataset-types -j $(JOBS) \
 	  2>&1 | grep --line-buffered -E "Executed|Injected|Drew|tiles \(|ERROR|rror:"
+	@echo "== 3/3 Star-field pretraining sets: pipelines/StarPretraining.yaml"
+	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(DEMO_DIR)/repo -i SimCam/defaults \
+	  -o SimCam/runs/star_pretraining -p pipelines/StarPretraining.yaml --register-dataset-types -j $(JOBS) \
+	  -d "instrument = 'SimCam' AND detector IN ($(shell seq -s ', ' 0 $$(($(DEMO_DETECTORS) - 1))))" \
+	  2>&1 | grep --line-buffered -E "Executed|Star field|star tiles|ERROR|rror:"
 	@echo "== What was made"
 	$(VENV)/bin/butler query-collections $(DEMO_DIR)/repo
 	$(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo injected_visit_image --collections SimCam/runs/end_to_end

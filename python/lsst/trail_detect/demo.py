@@ -33,6 +33,7 @@ from pathlib import Path
 
 SURVEY = "SimCam/runs/survey"
 END_TO_END = "SimCam/runs/end_to_end"
+STARS = "SimCam/runs/star_pretraining"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"\n== Training tiles (collection {END_TO_END})")
         print(summarize_tiles(repo, END_TO_END))
+    if STARS in collections:
+        from .tiles.summary import summarize_tiles
+
+        print(f"\n== Star-field pretraining tiles (collection {STARS})")
+        print(summarize_tiles(repo, STARS, "star_training_tiles"))
 
 
 if __name__ == "__main__":

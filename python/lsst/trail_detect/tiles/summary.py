@@ -49,15 +49,23 @@ def summarize_tiles(repo: str, collection: str, dataset_type: str = "trail_train
             if "has_trail" in shard.tiles:
                 c["trail"] += int(np.sum(shard.tiles["has_trail"][rows]))
                 c["missed"] += int(np.sum(shard.tiles["stack_detected"][rows] == 0))
+            elif "n_stars" in shard.tiles:
+                c["trail"] += int(np.sum(shard.tiles["n_stars"][rows]))
+    stars = dataset_type.startswith("star")
+    head = f"{'split':>10} {'shards':>6} {'tiles':>6} "
     lines = [
         f"{len(refs)} {dataset_type} shards, {tile} px tiles, {size_mb:.1f} MB in all",
-        f"{'split':>10} {'shards':>6} {'tiles':>6} {'trail':>6} {'stack missed':>12}",
+        head + (f"{'stars':>6}" if stars else f"{'trail':>6} {'stack missed':>12}"),
     ]
     for split in ("train", "validation", "test"):
         c = counts.get(split, {"shards": 0, "tiles": 0, "trail": 0, "missed": 0})
-        lines.append(f"{split:>10} {c['shards']:>6} {c['tiles']:>6} {c['trail']:>6} {c['missed']:>12}")
-    lines.append(
-        "trail: tiles holding truth trail pixels; stack missed: tiles whose brightest trail the "
-        "stack-like 5-sigma detection did not find (oversampled in training)."
-    )
+        row = f"{split:>10} {c['shards']:>6} {c['tiles']:>6} {c['trail']:>6}"
+        lines.append(row if stars else row + f" {c['missed']:>12}")
+    if stars:
+        lines.append("stars: target stars (PSF SNR >= nu_min), summed over tiles (overlaps count twice).")
+    else:
+        lines.append(
+            "trail: tiles holding truth trail pixels; stack missed: tiles whose brightest trail the "
+            "stack-like 5-sigma detection did not find (oversampled in training)."
+        )
     return "\n".join(lines)
