@@ -24,7 +24,7 @@ find_python = $(shell \
 
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint clean-demo
+.PHONY: demo test setup lint clean-demo train-default
 
 setup: $(STAMP)
 
@@ -58,6 +58,29 @@ demo: $(STAMP)
 	$(VENV)/bin/python -m lsst.trail_detect.demo $(DEMO_DIR)/repo $(DEMO_DIR)
 	@echo "== Look further: $(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo '*' --collections SimCam/runs/end_to_end"
 	@echo "   and README.md, 'Looking at the outputs'."
+
+# The shipped default model: a survey of TRAIN_VISITS x 9 detectors, its trail and star training sets, the
+# star detector and the trail segmenter pretrained from it, all from TRAIN_SEED; the model is copied into the
+# package (python/lsst/trail_detect/data/), where make-repo finds it.
+TRAIN_DIR ?= build/train-default
+TRAIN_VISITS ?= 6
+TRAIN_SEED ?= 2026
+TRAIN_CONFIG ?= config/trainDefault.py
+TRAIN_STAR_CONFIG ?= config/trainStarDefault.py
+train-default: $(STAMP)
+	rm -rf $(TRAIN_DIR) && mkdir -p $(TRAIN_DIR)
+	$(VENV)/bin/trail-detect make-repo $(TRAIN_DIR)/repo --visits $(TRAIN_VISITS) --detectors 9 --size 1024 \
+	  --seed $(TRAIN_SEED) -j $(JOBS)
+	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(TRAIN_DIR)/repo -i SimCam/runs/survey,SimCam/defaults \
+	  -o SimCam/runs/train_default/data -p pipelines/EndToEnd.yaml --register-dataset-types -j $(JOBS)
+	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(TRAIN_DIR)/repo -i SimCam/defaults \
+	  -o SimCam/runs/train_default/stars -p pipelines/StarPretraining.yaml --register-dataset-types -j $(JOBS)
+	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask --long-log run -b $(TRAIN_DIR)/repo \
+	  -i SimCam/runs/train_default/data,SimCam/runs/train_default/stars -o SimCam/runs/train_default/models \
+	  -p pipelines/TrainTrailDetector.yaml -C trainStarDetector:$(TRAIN_STAR_CONFIG) -C trainTrailDetector:$(TRAIN_CONFIG) \
+	  --register-dataset-types -j 1
+	$(VENV)/bin/trail-detect export-model $(TRAIN_DIR)/repo python/lsst/trail_detect/data/trail_detector_default.safetensors \
+	  --collections SimCam/runs/train_default/models
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadscope --durations=15 tests

@@ -401,6 +401,84 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
                 self.assertEqual(seen, expected_n)
         del butler
 
+    def test_training_pipeline(self):
+        """pipetask run of TrainTrailDetector on a tiny repo: the Butler returns both models."""
+        from lsst.trail_detect.tiles.tiling import assign_split
+
+        self.injected()
+        pairs = [(ref.dataId["visit"], ref.dataId["detector"]) for ref in self.refs]
+        fractions = (0.5, 0.5, 0.0)
+        # Split seeds that put both train and validation data in these few images.
+        trail_seed = next(
+            s
+            for s in range(200)
+            if {"train", "validation"} <= {assign_split(v, d, fractions, s) for v, d in pairs}
+        )
+        star_pairs = [p for p in pairs if p[1] == 0]
+        star_seed = next(
+            s
+            for s in range(200)
+            if {"train", "validation"} <= {assign_split(v, d, fractions, s) for v, d in star_pairs}
+        )
+        self.run_pipeline(
+            "BuildTrainingSet.yaml",
+            "u/test/tiles_split",
+            inputs="u/test/inject",
+            extra=[
+                "-c",
+                "buildTrailTiles:split_fractions=[0.5,0.5,0.0]",
+                "-c",
+                f"buildTrailTiles:split_seed={trail_seed}",
+                "-c",
+                "buildTrailTiles:background_fraction=0.3",
+            ],
+        )
+        self.run_pipeline(
+            "StarPretraining.yaml",
+            "u/test/stars_split",
+            inputs="SimCam/defaults",
+            extra=[
+                "-d",
+                "instrument = 'SimCam' AND detector = 0",
+                "-c",
+                "buildStarTiles:split_fractions=[0.5,0.5,0.0]",
+                "-c",
+                f"buildStarTiles:split_seed={star_seed}",
+            ],
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            tiny = Path(tmp, "tiny.py")
+            tiny.write_text(
+                "config.epochs = 1\nconfig.max_steps_per_epoch = 2\nconfig.batch_size = 2\n"
+                "config.threads = 1\n"
+            )
+            butler = self.run_pipeline(
+                "TrainTrailDetector.yaml",
+                "u/test/models",
+                inputs="u/test/tiles_split,u/test/stars_split",
+                extra=["-C", f"trainStarDetector:{tiny}", "-C", f"trainTrailDetector:{tiny}"],
+            )
+        star = butler.get("star_detector_model")
+        trail = butler.get("trail_detector_model")
+        self.assertEqual((star.kind, trail.kind), ("star", "trail"))
+        self.assertTrue(0.0 < trail.threshold < 1.0)
+        self.assertEqual(trail.metadata["normalization"]["method"], "robust")
+        self.assertTrue(trail.metadata["training"]["pretrained_encoder"])
+        self.assertTrue(
+            any(run.startswith("u/test/tiles_split") for run in trail.metadata["provenance"]["input_runs"])
+        )
+        del butler
+
+    def test_default_model_in_repo(self):
+        """make-repo puts the shipped default model in the defaults collection."""
+        from lsst.trail_detect.simulation.make_repo import default_model_path
+
+        if not default_model_path().exists():
+            self.skipTest("no shipped default model in this checkout")
+        model = self.butler.get("trail_detector_model", collections="SimCam/defaults")
+        self.assertEqual(model.kind, "trail")
+        self.assertGreater(model.n_parameters, 1000)
+
     def test_star_pretraining_pipeline(self):
         """pipetask run of StarPretraining: star fields and heatmap tiles whose peaks decode to the truth."""
         from lsst.trail_detect.tiles.star_targets import decode_star_targets

@@ -23,7 +23,7 @@
 
 from __future__ import annotations
 
-__all__ = ("export_tiles", "fetch_gaia", "ingest_catalog", "make_repo")
+__all__ = ("export_model", "export_tiles", "fetch_gaia", "ingest_catalog", "make_repo", "train")
 
 import click
 
@@ -218,3 +218,100 @@ def export_tiles(repo, out, collections, dataset_type, where, overwrite):
         + ", ".join(f"{k} {v}" for k, v in counts.items())
         + "."
     )
+
+
+@click.command("train")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors)."
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["trail", "star"]),
+    default="trail",
+    show_default=True,
+    help="Trail segmenter or star detector (must match the shards).",
+)
+@click.option(
+    "--size",
+    type=click.Choice(["compact", "large"]),
+    default="compact",
+    show_default=True,
+    help="Network size.",
+)
+@click.option("--epochs", type=int, default=20, show_default=True, help="Maximum epochs.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per batch.")
+@click.option(
+    "--pretrained",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Star-detector model whose encoder initializes the network.",
+)
+@click.option(
+    "--config",
+    "config_json",
+    default=None,
+    help="JSON object of further training settings (see lsst.trail_detect.training.loop.TrainingConfig).",
+)
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write a checkpoint every epoch here; with --resume, continue from it.",
+)
+@click.option("--resume/--no-resume", default=False, show_default=True, help="Resume from --checkpoint-dir.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run.")
+def train(shards, out, kind, size, epochs, batch_size, pretrained, config_json, checkpoint_dir, resume, seed):
+    """Train a network on HDF5 tile SHARDS (from export-tiles or the Butler) and write it to --out.
+
+    Runs on one process, or under torchrun for distributed data parallel:
+    torchrun --nproc_per_node 2 -m lsst.trail_detect.training SHARDS --out MODEL
+    """
+    import json
+
+    from ..models.networks import default_architecture
+    from ..training.loop import TrainingConfig
+    from ..training.loop import train as run_training
+
+    settings = {
+        "kind": kind,
+        "architecture": default_architecture(kind, size),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "checkpoint_dir": checkpoint_dir,
+        "resume": resume,
+        "pretrained_encoder": pretrained,
+    }
+    if pretrained and kind == "trail":
+        settings["unfreeze_epochs"] = [0, 2, 4, 6, 8]
+    if config_json:
+        try:
+            settings.update(json.loads(config_json))
+        except json.JSONDecodeError as err:
+            raise click.ClickException(f"--config is not valid JSON: {err}") from None
+    try:
+        config = TrainingConfig.from_dict(settings)
+        result = run_training(list(shards), config, out=out, log=click.echo)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    best = result.model.metadata.get("validation", {})
+    click.echo(
+        f"Best epoch {best.get('epoch')}: validation F1 {best.get('f1', float('nan')):.3f} at threshold "
+        f"{result.model.threshold:.2f}; model written to {out}."
+    )
+
+
+@click.command("export-model")
+@click.argument("repo", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--collections", required=True, help="Collection(s) holding the model (comma-separated).")
+@click.option("--dataset-type", default="trail_detector_model", show_default=True, help="Model dataset type.")
+def export_model(repo, out, collections, dataset_type):
+    """Copy a model from REPO to the file OUT (safetensors)."""
+    from lsst.daf.butler import Butler
+
+    butler = Butler.from_config(repo, collections=collections.split(","))
+    model = butler.get(dataset_type)
+    model.save(out)
+    click.echo(f"Wrote {model.summary()} to {out}.")

@@ -31,7 +31,7 @@ import sys
 import click
 
 from .. import __version__
-from .commands import export_tiles, fetch_gaia, ingest_catalog, make_repo
+from .commands import export_model, export_tiles, fetch_gaia, ingest_catalog, make_repo, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,6 +58,8 @@ cli.add_command(make_repo)
 cli.add_command(fetch_gaia)
 cli.add_command(ingest_catalog)
 cli.add_command(export_tiles)
+cli.add_command(train)
+cli.add_command(export_model)
 
 
 def main() -> None:

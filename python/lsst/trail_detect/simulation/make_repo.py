@@ -26,12 +26,15 @@ from __future__ import annotations
 __all__ = (
     "CONDITIONS_RUN",
     "DEFAULTS_COLLECTION",
+    "MODELS_RUN",
     "REFCAT_RUN",
     "SURVEY_OUTPUT",
     "MakeRepoError",
     "catalog_cone",
     "create_repo",
+    "default_model_path",
     "make_repo",
+    "put_default_model",
     "register_survey",
     "run_pipetask",
     "survey_data_query",
@@ -57,6 +60,7 @@ REFCAT_RUN = "refcats/gaia_dr3"
 CONDITIONS_RUN = "SimCam/survey/conditions"
 DEFAULTS_COLLECTION = "SimCam/defaults"
 SURVEY_OUTPUT = "SimCam/runs/survey"
+MODELS_RUN = "SimCam/models/default"
 BUTLER_EXTRA_CONFIG = "resource://lsst.trail_detect/configs/butler_extra.yaml"
 
 
@@ -219,6 +223,30 @@ def register_survey(butler, plan: Sequence[dict]) -> None:
         butler.put(
             dict(visit), conditions_type, instrument=INSTRUMENT, visit=visit["visit"], run=CONDITIONS_RUN
         )
+
+
+def default_model_path() -> Path:
+    """Return where the package keeps its shipped default trail detector."""
+    return Path(__file__).resolve().parents[1] / "data" / "trail_detector_default.safetensors"
+
+
+def put_default_model(butler, run: str = MODELS_RUN) -> bool:
+    """Put the shipped default model in ``run`` as ``trail_detector_model``; return whether there was one."""
+    from lsst.daf.butler import CollectionType, DatasetType
+
+    from ..models.storage import TrailDetectorModel
+
+    path = default_model_path()
+    if not path.exists():
+        _LOG.warning("No shipped default model at %s; run `make train-default` to make one.", path)
+        return False
+    model = TrailDetectorModel.load(path)
+    butler.registry.registerDatasetType(
+        DatasetType("trail_detector_model", (), "TrailDetectorModel", universe=butler.dimensions)
+    )
+    butler.registry.registerCollection(run, CollectionType.RUN)
+    butler.put(model, "trail_detector_model", run=run)
+    return True
 
 
 def survey_data_query(plan: Sequence[dict]) -> str:
@@ -411,8 +439,12 @@ def make_repo(
         butler = Butler.from_config(str(repo), writeable=True)
         register_survey(butler, plan)
         n_shards = ingest_star_catalog(butler, stars, run=REFCAT_RUN)
+        chain = [CONDITIONS_RUN, REFCAT_RUN]
+        if put_default_model(butler):
+            chain.append(MODELS_RUN)
+            say(f"Default trail_detector_model put in {MODELS_RUN}.")
         butler.registry.registerCollection(DEFAULTS_COLLECTION, CollectionType.CHAINED)
-        butler.registry.setCollectionChain(DEFAULTS_COLLECTION, [CONDITIONS_RUN, REFCAT_RUN])
+        butler.registry.setCollectionChain(DEFAULTS_COLLECTION, chain)
         say(
             f"Repository created at {repo}: SimCam registered, {len(plan)} visits, "
             f"{n_shards} gaia_dr3_stars shards (htm7)."

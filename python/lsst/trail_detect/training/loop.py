@@ -1,0 +1,590 @@
+# This file is part of trail_detect.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The training loop shared by the training tasks and ``trail-detect train``.
+
+One function, `train`, trains a trail segmenter or a star detector on HDF5
+tile shards:
+
+- balanced sampling of tiles with trails (and oversampling of those the
+  stack-like detection missed), augmentation, a curriculum from bright to
+  faint trails;
+- an encoder pretrained on star fields, unfrozen progressively from the
+  deepest stage;
+- ``torchrun`` distributed data parallel (gloo on CPU, NCCL on GPU), mixed
+  precision on GPU;
+- per-epoch metrics, checkpoints (safetensors, never pickle) and resume,
+  early stopping and the operating threshold chosen on the validation
+  split;
+- seeded, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+__all__ = ("TrainingConfig", "TrainingResult", "train")
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Settings of one training run (JSON-serializable)."""
+
+    kind: str = "trail"
+    """``trail`` (segmentation) or ``star`` (heatmap and offsets)."""
+    architecture: dict | None = None
+    """Network architecture (`~lsst.trail_detect.models.networks.build_model`); default for the kind."""
+    epochs: int = 20
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    loss: dict = dataclasses.field(
+        default_factory=lambda: {"bce": 1.0, "dice": 1.0, "focal_tversky": 0.0, "pos_weight": 3.0}
+    )
+    """Loss weights (`~lsst.trail_detect.training.losses`)."""
+    positive_fraction: float = 0.6
+    """Fraction of drawn trail tiles that contain a trail."""
+    samples_per_epoch: int | None = None
+    """Tiles drawn per epoch (default: the size of the training split)."""
+    augment: dict = dataclasses.field(
+        default_factory=lambda: {"flips": True, "rot90": True, "snr_scale": [0.6, 1.0], "p_snr_scale": 0.3}
+    )
+    curriculum_epochs: int = 0
+    """Epochs over which the faintest trail allowed falls from ``curriculum_start_nu`` to none."""
+    curriculum_start_nu: float = 8.0
+    pretrained_encoder: str | None = None
+    """Path of a star-detector model whose encoder initializes the network."""
+    unfreeze_epochs: list = dataclasses.field(default_factory=list)
+    """With a pretrained encoder: epochs at which the next-deepest frozen stage is unfrozen (the encoder
+    starts frozen; an empty list trains it from the start)."""
+    patience: int = 5
+    """Stop after this many epochs without a better validation score."""
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    """Mixed precision (bfloat16) on GPU."""
+    threads: int | None = None
+    """torch CPU threads (default: leave torch's choice)."""
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    max_steps_per_epoch: int | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        """Return a JSON-serializable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainingConfig:
+        """Build from a dict, refusing unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(names)}.")
+        return cls(**data)
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What `train` returns."""
+
+    model: Any
+    """The `~lsst.trail_detect.models.storage.TrailDetectorModel` of the best epoch."""
+    history: list
+    """Per-epoch metrics."""
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _distributed():
+    """Return (rank, world_size, is_distributed), initializing the process group under torchrun."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _device(name: str, rank: int):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _trail_metrics(probs: np.ndarray, target: np.ndarray, weight: np.ndarray) -> dict:
+    """Pixel-level precision, recall and F1 over thresholds; the best threshold by F1."""
+    thresholds = np.linspace(0.05, 0.95, 19)
+    valid = weight > 0
+    p, t = probs[valid], target[valid] > 0.5
+    best = {"f1": -1.0}
+    rows = []
+    for th in thresholds:
+        pred = p >= th
+        tp = float(np.sum(pred & t))
+        fp = float(np.sum(pred & ~t))
+        fn = float(np.sum(~pred & t))
+        precision = tp / max(tp + fp, 1.0)
+        recall = tp / max(tp + fn, 1.0)
+        f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+        rows.append((float(th), precision, recall, f1))
+        if f1 > best["f1"]:
+            best = {"threshold": float(th), "precision": precision, "recall": recall, "f1": f1}
+    best["curve"] = rows
+    return best
+
+
+def _star_metrics(
+    outputs: list[dict], targets: list[dict], threshold: float = 0.3, radius: float = 1.5
+) -> dict:
+    """Object-level precision and recall of decoded star peaks against the target peaks."""
+    from ..tiles.star_targets import decode_star_targets
+
+    tp = fp = fn = 0
+    for out, tgt in zip(outputs, targets):
+        heat = 1.0 / (1.0 + np.exp(-out["heatmap"][0]))
+        x, y, _ = decode_star_targets(heat, out["offset"], threshold=threshold)
+        tx, ty, _ = decode_star_targets(tgt["heatmap"], tgt["offset"], threshold=0.99, window=1)
+        if len(tx) == 0:
+            fp += len(x)
+            continue
+        if len(x) == 0:
+            fn += len(tx)
+            continue
+        d = np.hypot(x[:, None] - tx[None, :], y[:, None] - ty[None, :])
+        matched_truth = set()
+        for i in np.argsort(d.min(axis=1)):
+            j = int(np.argmin(d[i]))
+            if d[i, j] <= radius and j not in matched_truth:
+                matched_truth.add(j)
+                tp += 1
+            else:
+                fp += 1
+        fn += len(tx) - len(matched_truth)
+    precision = tp / max(tp + fp, 1)
+    recall = tp / max(tp + fn, 1)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "threshold": threshold,
+    }
+
+
+def _evaluate(model, loader, loss_fn, device, kind: str) -> dict:
+    """Validation loss and metrics."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    probs, targets, weights = [], [], []
+    star_out, star_tgt = [], []
+    with torch.no_grad():
+        for batch in loader:
+            image = batch["image"].to(device)
+            out = model(image)
+            if kind == "trail":
+                logits = out if torch.is_tensor(out) else out["logits"]
+                loss = loss_fn(logits[:, 0], batch["mask"].to(device), batch["weight"].to(device))
+                probs.append(torch.sigmoid(logits[:, 0]).float().cpu().numpy())
+                targets.append(batch["mask"].numpy())
+                weights.append(batch["weight"].numpy())
+            else:
+                tgt = {k: batch[k].to(device) for k in ("heatmap", "offset", "offset_mask")}
+                loss = loss_fn(out, tgt, batch["weight"].to(device))
+                for k in range(image.shape[0]):
+                    star_out.append(
+                        {
+                            "heatmap": out["heatmap"][k].float().cpu().numpy(),
+                            "offset": out["offset"][k].float().cpu().numpy(),
+                        }
+                    )
+                    star_tgt.append(
+                        {"heatmap": batch["heatmap"][k].numpy(), "offset": batch["offset"][k].numpy()}
+                    )
+            total += float(loss) * image.shape[0]
+            count += image.shape[0]
+    metrics = {"val_loss": total / max(count, 1)}
+    if kind == "trail" and probs:
+        metrics.update(
+            _trail_metrics(np.concatenate(probs), np.concatenate(targets), np.concatenate(weights))
+        )
+    elif star_out:
+        metrics.update(_star_metrics(star_out, star_tgt))
+    return metrics
+
+
+def _make_loss(config: TrainingConfig):
+    from .losses import SegmentationLoss, StarDetectionLoss
+
+    if config.kind == "trail":
+        return SegmentationLoss.from_config(config.loss)
+    return StarDetectionLoss(**{k: v for k, v in config.loss.items() if k in ("heatmap", "offset")})
+
+
+def _curriculum_weights(dataset, config: TrainingConfig, epoch: int) -> np.ndarray | None:
+    """Zero the sampling weight of trails fainter than the curriculum's current floor."""
+    if config.curriculum_epochs <= 0 or epoch >= config.curriculum_epochs:
+        return None
+    meta = dataset.tile_meta
+    if "max_nu_det" not in meta.colnames:
+        return None
+    floor = config.curriculum_start_nu * (1.0 - epoch / config.curriculum_epochs)
+    nu = np.asarray(meta["max_nu_det"], dtype=float)
+    has = np.asarray(dataset.has_trail, dtype=bool)
+    keep = ~has | (np.nan_to_num(nu, nan=0.0) >= floor)
+    return keep.astype(float)
+
+
+def _sampler(dataset, config: TrainingConfig, epoch: int, rank: int, world: int):
+    """Per-epoch sampler: class-balanced (trails), curriculum-filtered, different per rank."""
+    import torch
+
+    from ..tiles.datasets import balanced_sampler
+
+    n = config.samples_per_epoch or len(dataset)
+    n = max(n // world, 1)
+    seed = config.seed * 1000003 + epoch * 101 + rank
+    if config.kind != "trail":
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        return torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=n, generator=generator)
+    has = np.asarray(dataset.has_trail, dtype=bool)
+    # A set with only one class is sampled as it is.
+    fraction = config.positive_fraction if 0 < has.sum() < len(has) else float(has.mean())
+    sampler = balanced_sampler(dataset, positive_fraction=fraction, num_samples=n, seed=seed)
+    extra = _curriculum_weights(dataset, config, epoch)
+    if extra is not None and np.any(extra[np.asarray(dataset.has_trail)] > 0):
+        weights = sampler.weights.numpy() * extra
+        sampler = torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(weights), n, replacement=True, generator=sampler.generator
+        )
+    return sampler
+
+
+def _freeze_schedule(model, config: TrainingConfig, epoch: int) -> int:
+    """Freeze the encoder stages not yet unfrozen; return how many stages are trainable."""
+    if not config.pretrained_encoder or not config.unfreeze_epochs or not hasattr(model, "encoder_stages"):
+        return -1
+    stages = list(model.encoder_stages())
+    n_open = sum(1 for e in config.unfreeze_epochs if epoch >= e)
+    n_open = min(n_open, len(stages))
+    for k, stage in enumerate(stages):
+        trainable = k >= len(stages) - n_open  # deepest stages first
+        for p in stage.parameters():
+            p.requires_grad_(trainable)
+    return n_open
+
+
+def _save_checkpoint(path: Path, model, optimizer, epoch: int, best: dict, history: list) -> None:
+    """Write model and optimizer tensors to safetensors and the rest to JSON (no pickle)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars = {}
+    for pid, state in opt["state"].items():
+        for key, value in state.items():
+            if hasattr(value, "detach"):
+                tensors[f"optim.{pid}.{key}"] = (
+                    value.detach().cpu().contiguous().reshape(-1)
+                    if value.ndim == 0
+                    else value.detach().cpu().contiguous()
+                )
+                scalars[f"{pid}.{key}.scalar"] = value.ndim == 0
+            else:
+                scalars[f"{pid}.{key}.value"] = value
+    meta = {
+        "epoch": epoch,
+        "best": best,
+        "history": history,
+        "param_groups": opt["param_groups"],
+        "scalars": scalars,
+    }
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"checkpoint": json.dumps(meta, default=float)})
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model, optimizer) -> tuple[int, dict, list]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["checkpoint"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            if meta["scalars"].get(f"{pid}.{name}.scalar"):
+                value = value.reshape(())
+            state.setdefault(int(pid), {})[name] = value
+    for key, value in meta["scalars"].items():
+        if key.endswith(".value"):
+            pid, name, _ = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["epoch"]), meta["best"], meta["history"]
+
+
+def train(
+    shard_paths: Sequence[str | os.PathLike],
+    config: TrainingConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    provenance: dict | None = None,
+    log: Callable[[str], None] | None = None,
+):
+    """Train a network on tile shards.
+
+    Parameters
+    ----------
+    shard_paths : sequence of path-like
+        HDF5 tile shards (trail or star, matching ``config.kind``) holding
+        ``train`` and ``validation`` splits.
+    config : `TrainingConfig`
+        Settings.
+    out : path-like, optional
+        Where to save the best model (safetensors), on rank 0.
+    provenance : `dict`, optional
+        Recorded in the model's metadata (collections, data IDs...).
+    log : callable, optional
+        Receives one line per epoch (default: the module logger).
+
+    Returns
+    -------
+    result : `TrainingResult`
+        The best model (by validation F1, then loss) and the history.
+    """
+    import torch
+
+    from .. import __version__
+    from ..models.networks import build_model, default_architecture, transfer_encoder
+    from ..models.storage import TrailDetectorModel
+    from ..tiles.datasets import Augment, TileDataset
+
+    say = log or _LOG.info
+    if config.kind not in ("trail", "star"):
+        raise ValueError(f"kind must be 'trail' or 'star', not {config.kind!r}.")
+    rank, world, distributed = _distributed()
+    _seed_everything(config.seed + rank)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _device(config.device, rank)
+    paths = [str(p) for p in shard_paths]
+    augment = Augment(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config.augment.items()})
+    train_set = TileDataset(paths, split="train", augment=augment, seed=config.seed)
+    val_set = TileDataset(paths, split="validation", check_splits=False)
+    if train_set.kind != config.kind:
+        raise ValueError(f"the shards hold {train_set.kind} tiles but kind is {config.kind!r}.")
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError(
+            f"need tiles in both the train ({len(train_set)}) and validation ({len(val_set)}) splits."
+        )
+    architecture = config.architecture or default_architecture(config.kind, "compact")
+    model = build_model(architecture)
+    if config.pretrained_encoder:
+        source = TrailDetectorModel.load(config.pretrained_encoder).build()
+        transfer_encoder(source, model)
+        say(f"encoder initialized from {config.pretrained_encoder}")
+    model.to(device)
+    if distributed:
+        model_ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    else:
+        model_ddp = model
+    loss_fn = _make_loss(config).to(device)
+    optimizer = torch.optim.AdamW(
+        list(model.parameters()), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+    use_amp = config.amp and device.type == "cuda"
+    checkpoint = Path(config.checkpoint_dir) / "checkpoint.safetensors" if config.checkpoint_dir else None
+    start_epoch, best, history = 0, {"score": -math.inf}, []
+    best_tensors = None
+    if checkpoint is not None and config.resume and checkpoint.exists():
+        start_epoch, best, history = _load_checkpoint(checkpoint, model, optimizer)
+        start_epoch += 1
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # stepping the schedule to where it stopped
+            for _ in range(start_epoch):
+                scheduler.step()
+        say(f"resumed from {checkpoint} after epoch {start_epoch - 1}")
+        best_file = checkpoint.with_name("best.safetensors")
+        if best_file.exists():
+            best_tensors = TrailDetectorModel.load(best_file).tensors
+    val_loader = torch.utils.data.DataLoader(
+        val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers
+    )
+    stale = 0
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.time()
+        open_stages = _freeze_schedule(model, config, epoch)
+        sampler = _sampler(train_set, config, epoch, rank, world)
+        train_set.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            train_set,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            num_workers=config.num_workers,
+            drop_last=False,
+        )
+        model_ddp.train()
+        total, steps = 0.0, 0
+        iterator = loader
+        if config.progress and rank == 0:
+            try:
+                from tqdm import tqdm
+
+                iterator = tqdm(
+                    loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=2.0
+                )
+            except ImportError:
+                pass
+        for batch in iterator:
+            image = batch["image"].to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                pred = model_ddp(image)
+                if config.kind == "trail":
+                    logits = pred if torch.is_tensor(pred) else pred["logits"]
+                    loss = loss_fn(logits[:, 0].float(), batch["mask"].to(device), batch["weight"].to(device))
+                else:
+                    tgt = {k: batch[k].to(device) for k in ("heatmap", "offset", "offset_mask")}
+                    loss = loss_fn(
+                        {k: v.float() for k, v in pred.items() if k in ("heatmap", "offset")},
+                        tgt,
+                        batch["weight"].to(device),
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+            if config.max_steps_per_epoch and steps >= config.max_steps_per_epoch:
+                break
+        scheduler.step()
+        metrics = _evaluate(model, val_loader, loss_fn, device, config.kind) if rank == 0 else {}
+        record = {
+            "epoch": epoch,
+            "train_loss": total / max(steps, 1),
+            "steps": steps,
+            "seconds": time.time() - t0,
+            "lr": optimizer.param_groups[0]["lr"],
+            "open_encoder_stages": open_stages,
+            **{k: v for k, v in metrics.items() if k != "curve"},
+        }
+        history.append(record)
+        if rank == 0:
+            score = metrics.get("f1", -metrics["val_loss"])
+            improved = score > best.get("score", -math.inf)
+            if improved:
+                best = {"score": float(score), "epoch": epoch, **metrics}
+                best_tensors = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                stale = 0
+            else:
+                stale += 1
+            say(
+                f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, val loss "
+                f"{metrics['val_loss']:.4f}, val F1 {metrics.get('f1', float('nan')):.3f} "
+                f"(P {metrics.get('precision', float('nan')):.3f}, "
+                f"R {metrics.get('recall', float('nan')):.3f}, "
+                f"threshold {metrics.get('threshold', float('nan')):.2f}){' *' if improved else ''} "
+                f"[{record['seconds']:.0f} s]"
+            )
+            if checkpoint is not None:
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                _save_checkpoint(checkpoint, model, optimizer, epoch, best, history)
+                if improved:
+                    TrailDetectorModel.from_module(
+                        model, kind=config.kind, architecture=architecture, metadata={}
+                    ).save(checkpoint.with_name("best.safetensors"))
+        if distributed:
+            import torch.distributed as dist
+
+            flag = torch.tensor([stale], device=device)
+            dist.broadcast(flag, 0)
+            stale = int(flag.item())
+        if stale >= config.patience:
+            say(f"early stop: no better validation score for {config.patience} epochs")
+            break
+    if best_tensors is not None:
+        model.load_state_dict(best_tensors)
+    normalization = train_set.normalization or {}
+    if normalization and "method" not in normalization:  # per-detector entries: keep the shared part
+        normalization = next(iter(normalization.values()))
+    metadata = {
+        "normalization": {k: v for k, v in normalization.items() if k in ("method", "clip_min", "clip_max")},
+        "threshold": float(best.get("threshold", 0.5)),
+        "validation": {k: v for k, v in best.items() if k not in ("curve",)},
+        "validation_curve": best.get("curve", []),
+        "training": config.to_dict(),
+        "history": history,
+        "provenance": {
+            "shards": [os.path.basename(p) for p in paths],
+            "package_version": __version__,
+            "world_size": world,
+            "device": str(device),
+            **(provenance or {}),
+        },
+        "tile_size": train_set.tile_size,
+    }
+    result = TrailDetectorModel.from_module(
+        model, kind=config.kind, architecture=architecture, metadata=metadata
+    )
+    if out is not None and rank == 0:
+        result.save(out)
+        say(f"saved {result.summary()} to {out}")
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return TrainingResult(model=result, history=history)

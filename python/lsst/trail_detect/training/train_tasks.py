@@ -1,0 +1,269 @@
+# This file is part of trail_detect.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""trainStarDetector and trainTrailDetector: gather a collection's shards and train."""
+
+from __future__ import annotations
+
+__all__ = (
+    "TrainDetectorConfigBase",
+    "TrainStarDetectorConfig",
+    "TrainStarDetectorConnections",
+    "TrainStarDetectorTask",
+    "TrainTrailDetectorConfig",
+    "TrainTrailDetectorConnections",
+    "TrainTrailDetectorTask",
+)
+
+import tempfile
+from pathlib import Path
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+
+
+class TrainStarDetectorConnections(pipeBase.PipelineTaskConnections, dimensions=("instrument",)):
+    """Connections of `TrainStarDetectorTask`."""
+
+    tiles = cT.Input(
+        doc="Star-field training shards (all of the input collections).",
+        name="star_training_tiles",
+        storageClass="TileShard",
+        dimensions=("instrument", "visit", "detector"),
+        multiple=True,
+        deferLoad=True,
+    )
+    model = cT.Output(
+        doc="Trained star detector (heatmap and offset heads); its encoder pretrains the trail segmenter.",
+        name="star_detector_model",
+        storageClass="TrailDetectorModel",
+        dimensions=(),
+    )
+
+
+class TrainTrailDetectorConnections(pipeBase.PipelineTaskConnections, dimensions=("instrument",)):
+    """Connections of `TrainTrailDetectorTask`."""
+
+    tiles = cT.Input(
+        doc="Trail training shards (all of the input collections).",
+        name="trail_training_tiles",
+        storageClass="TileShard",
+        dimensions=("instrument", "visit", "detector"),
+        multiple=True,
+        deferLoad=True,
+    )
+    pretrained = cT.Input(
+        doc="Star detector whose encoder initializes the trail segmenter.",
+        name="star_detector_model",
+        storageClass="TrailDetectorModel",
+        dimensions=(),
+    )
+    model = cT.Output(
+        doc="Trained trail segmenter with its normalization, validation metrics and operating threshold.",
+        name="trail_detector_model",
+        storageClass="TrailDetectorModel",
+        dimensions=(),
+    )
+
+    def __init__(self, *, config=None):
+        super().__init__(config=config)
+        if config is not None and not config.use_pretrained_encoder:
+            del self.pretrained
+
+
+class TrainDetectorConfigBase(pipeBase.PipelineTaskConfig, pipelineConnections=TrainStarDetectorConnections):
+    """Training settings shared by the star and trail training tasks."""
+
+    size = pexConfig.ChoiceField[str](
+        doc="Network size.",
+        default="compact",
+        allowed={"compact": "sized for CPU inference", "large": "wider and deeper, for GPUs"},
+    )
+    architecture_json = pexConfig.Field[str](
+        doc='Full architecture as JSON (overrides size), e.g. \'{"name": "ResAttentionUNet", ...}\'.',
+        default="",
+        optional=True,
+    )
+    epochs = pexConfig.Field[int](doc="Maximum number of epochs.", default=20)
+    batch_size = pexConfig.Field[int](doc="Tiles per batch.", default=8)
+    learning_rate = pexConfig.Field[float](doc="AdamW learning rate (cosine schedule).", default=2e-3)
+    weight_decay = pexConfig.Field[float](doc="AdamW weight decay.", default=1e-4)
+    samples_per_epoch = pexConfig.Field[int](doc="Tiles drawn per epoch (0: the training split).", default=0)
+    max_steps_per_epoch = pexConfig.Field[int](
+        doc="Stop each epoch after this many steps (0: no limit).", default=0
+    )
+    patience = pexConfig.Field[int](doc="Early-stopping patience (epochs).", default=5)
+    seed = pexConfig.Field[int](doc="Seed of the run.", default=0)
+    threads = pexConfig.Field[int](doc="torch CPU threads (0: torch's default).", default=0)
+    num_workers = pexConfig.Field[int](doc="DataLoader worker processes.", default=0)
+
+    def training_config(self, kind: str):
+        """Return the `~lsst.trail_detect.training.loop.TrainingConfig` of these settings."""
+        import json
+
+        from ..models.networks import default_architecture
+        from .loop import TrainingConfig
+
+        architecture = (
+            json.loads(self.architecture_json)
+            if self.architecture_json
+            else default_architecture(kind, self.size)
+        )
+        return TrainingConfig(
+            kind=kind,
+            architecture=architecture,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            samples_per_epoch=self.samples_per_epoch or None,
+            max_steps_per_epoch=self.max_steps_per_epoch or None,
+            patience=self.patience,
+            seed=self.seed,
+            threads=self.threads or None,
+            num_workers=self.num_workers,
+            progress=False,
+        )
+
+
+class TrainStarDetectorConfig(TrainDetectorConfigBase, pipelineConnections=TrainStarDetectorConnections):
+    """Configuration of `TrainStarDetectorTask`."""
+
+    heatmap_weight = pexConfig.Field[float](doc="Weight of the CenterNet heatmap loss.", default=1.0)
+    offset_weight = pexConfig.Field[float](doc="Weight of the sub-pixel offset loss.", default=1.0)
+
+
+class TrainTrailDetectorConfig(TrainDetectorConfigBase, pipelineConnections=TrainTrailDetectorConnections):
+    """Configuration of `TrainTrailDetectorTask`."""
+
+    use_pretrained_encoder = pexConfig.Field[bool](
+        doc="Initialize the encoder from star_detector_model (pretrained on star fields).", default=False
+    )
+    unfreeze_epochs = pexConfig.ListField[int](
+        doc="With a pretrained encoder: epochs at which the next-deepest encoder stage is unfrozen.",
+        default=[0, 2, 4, 6, 8],
+    )
+    bce_weight = pexConfig.Field[float](doc="Weight of the pixel BCE loss.", default=1.0)
+    dice_weight = pexConfig.Field[float](doc="Weight of the soft Dice loss.", default=1.0)
+    focal_tversky_weight = pexConfig.Field[float](doc="Weight of the focal Tversky loss.", default=0.0)
+    pos_weight = pexConfig.Field[float](doc="BCE weight of trail pixels.", default=3.0)
+    positive_fraction = pexConfig.Field[float](doc="Fraction of sampled tiles holding a trail.", default=0.6)
+    curriculum_epochs = pexConfig.Field[int](
+        doc="Epochs over which the faintest allowed trail falls from curriculum_start_nu to none.", default=3
+    )
+    curriculum_start_nu = pexConfig.Field[float](
+        doc="Faintest trail (nu_det) in the first epoch.", default=8.0
+    )
+
+
+class _TrainDetectorTaskBase(pipeBase.PipelineTask):
+    kind = ""
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        from ..tiles.shard import write_shard
+
+        handles = butlerQC.get(inputRefs.tiles)
+        with tempfile.TemporaryDirectory(prefix="trail_detect_train_") as tmp:
+            paths = []
+            for k, handle in enumerate(handles):
+                paths.append(write_shard(handle.get(), Path(tmp) / f"shard_{k:05d}.h5"))
+            pretrained = None
+            if getattr(inputRefs, "pretrained", None) is not None:
+                pretrained = Path(tmp) / "pretrained.safetensors"
+                butlerQC.get(inputRefs.pretrained).save(pretrained)
+            collections = sorted({ref.run for ref in inputRefs.tiles})
+            outputs = self.run(paths, pretrained=pretrained, provenance={"input_runs": collections})
+        butlerQC.put(outputs, outputRefs)
+
+    def run(self, shard_paths, pretrained=None, provenance=None) -> pipeBase.Struct:
+        """Train on shard files.
+
+        Parameters
+        ----------
+        shard_paths : `list`
+            HDF5 tile shards.
+        pretrained : path-like, optional
+            Star detector whose encoder initializes the network.
+        provenance : `dict`, optional
+            Recorded in the model metadata.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``model`` (`~lsst.trail_detect.models.storage.TrailDetectorModel`).
+        """
+        from .loop import train
+
+        config = self._training_config()
+        if pretrained is not None:
+            config.pretrained_encoder = str(pretrained)
+        self.log.info(
+            "Training a %s detector on %d shards (%s).",
+            self.kind,
+            len(shard_paths),
+            config.architecture.get("name"),
+        )
+        result = train(shard_paths, config, provenance=provenance, log=self.log.info)
+        return pipeBase.Struct(model=result.model)
+
+
+class TrainStarDetectorTask(_TrainDetectorTaskBase):
+    """Train the star detector (CenterNet heatmap and offsets) on star-field shards."""
+
+    ConfigClass = TrainStarDetectorConfig
+    _DefaultName = "trainStarDetector"
+    kind = "star"
+
+    def _training_config(self):
+        config = self.config.training_config("star")
+        config.loss = {"heatmap": self.config.heatmap_weight, "offset": self.config.offset_weight}
+        return config
+
+
+class TrainTrailDetectorTask(_TrainDetectorTaskBase):
+    """Train the trail segmenter on trail shards, optionally from a pretrained encoder.
+
+    Tiles holding trails are drawn at ``positive_fraction`` (those the
+    stack-like detection missed oversampled), with a curriculum from bright
+    to faint trails; with a pretrained encoder its stages are unfrozen
+    progressively from the deepest. The operating threshold is chosen on
+    the validation split.
+    """
+
+    ConfigClass = TrainTrailDetectorConfig
+    _DefaultName = "trainTrailDetector"
+    kind = "trail"
+
+    def _training_config(self):
+        c = self.config
+        config = c.training_config("trail")
+        config.loss = {
+            "bce": c.bce_weight,
+            "dice": c.dice_weight,
+            "focal_tversky": c.focal_tversky_weight,
+            "pos_weight": c.pos_weight,
+        }
+        config.positive_fraction = c.positive_fraction
+        config.curriculum_epochs = c.curriculum_epochs
+        config.curriculum_start_nu = c.curriculum_start_nu
+        config.unfreeze_epochs = list(c.unfreeze_epochs) if c.use_pretrained_encoder else []
+        return config

@@ -1,0 +1,315 @@
+# This file is part of trail_detect.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The training loop: learning, model files, checkpoints and resume, pretraining, DDP with 2 processes."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+import lsst.utils.tests
+from lsst.trail_detect.tiles.shard import TileShard, write_shard
+
+TINY_TRAIL = {"name": "ResAttentionUNet", "in_channels": 1, "out_channels": 1, "base_channels": 4, "depth": 2}
+TINY_STAR = {"name": "StarCenterNet", "in_channels": 1, "base_channels": 4, "depth": 2}
+
+
+def line_tiles(n, tile=48, seed=0):
+    """Tiles of unit noise, most crossed by a bright line labelled in the mask."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n, 1, tile, tile)).astype(np.float32)
+    masks = np.zeros((n, tile, tile), np.uint8)
+    has = np.zeros(n, bool)
+    yy, xx = np.mgrid[0:tile, 0:tile]
+    for k in range(n):
+        if k % 4 == 3:
+            continue
+        theta = rng.uniform(0, np.pi)
+        x0, y0 = rng.uniform(10, tile - 10, 2)
+        d = np.abs((xx - x0) * np.sin(theta) - (yy - y0) * np.cos(theta))
+        line = d < 1.5
+        images[k, 0][line] += 4.0
+        masks[k] = line
+        has[k] = True
+    return images, masks, has
+
+
+def write_trail_shards(directory, seed=0):
+    paths = []
+    for visit, split in ((1, "train"), (2, "train"), (3, "validation")):
+        n = 16
+        images, masks, has = line_tiles(n, seed=seed + visit)
+        shard = TileShard(
+            kind="trail",
+            inputs=images,
+            weights=np.ones(masks.shape, np.float32),
+            targets={"mask": masks},
+            tiles={
+                "visit": np.full(n, visit),
+                "detector": np.zeros(n, int),
+                "x0": np.zeros(n, np.int32),
+                "y0": np.zeros(n, np.int32),
+                "split": np.full(n, split),
+                "has_trail": has,
+                "max_nu_det": np.where(has, 10.0, np.nan).astype(np.float32),
+                "sample_weight": np.ones(n, np.float32),
+            },
+            tile_size=48,
+            overlap=0,
+            normalization={
+                f"{visit}:0": {
+                    "method": "robust",
+                    "background": 0.0,
+                    "scale": 1.0,
+                    "clip_min": -10.0,
+                    "clip_max": 50.0,
+                }
+            },
+            splits={f"{visit}:0": split},
+        )
+        paths.append(write_shard(shard, Path(directory, f"trail_{visit}.h5")))
+    return paths
+
+
+def write_star_shards(directory):
+    from lsst.trail_detect.tiles.star_targets import star_targets
+
+    rng = np.random.default_rng(4)
+    paths = []
+    for visit, split in ((1, "train"), (2, "validation")):
+        n, tile = 12, 48
+        images = rng.normal(size=(n, 1, tile, tile)).astype(np.float32)
+        heat, off, om = [], [], []
+        yy, xx = np.mgrid[0:tile, 0:tile]
+        for k in range(n):
+            x, y = rng.uniform(4, tile - 4, 6), rng.uniform(4, tile - 4, 6)
+            for sx, sy in zip(x, y):
+                images[k, 0] += 8.0 * np.exp(-0.5 * ((xx - sx) ** 2 + (yy - sy) ** 2) / 1.5**2)
+            t = star_targets(x, y, (tile, tile), sigma=1.5)
+            heat.append(t["heatmap"])
+            off.append(t["offset"])
+            om.append(t["offset_mask"])
+        shard = TileShard(
+            kind="star",
+            inputs=images,
+            weights=np.ones((n, tile, tile), np.float32),
+            targets={"heatmap": np.stack(heat), "offset": np.stack(off), "offset_mask": np.stack(om)},
+            tiles={
+                "visit": np.full(n, visit),
+                "detector": np.zeros(n, int),
+                "x0": np.zeros(n, np.int32),
+                "y0": np.zeros(n, np.int32),
+                "split": np.full(n, split),
+                "n_stars": np.full(n, 6),
+            },
+            tile_size=tile,
+            overlap=0,
+            normalization={},
+            splits={f"{visit}:0": split},
+        )
+        paths.append(write_shard(shard, Path(directory, f"star_{visit}.h5")))
+    return paths
+
+
+class TrainingLoopTestCase(lsst.utils.tests.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="trail_detect_training_")
+        self.paths = write_trail_shards(self.tmp)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def config(self, **kwargs):
+        from lsst.trail_detect.training.loop import TrainingConfig
+
+        settings = {
+            "kind": "trail",
+            "architecture": TINY_TRAIL,
+            "epochs": 4,
+            "batch_size": 8,
+            "seed": 1,
+            "learning_rate": 1e-2,
+            "progress": False,
+            "threads": 2,
+            "patience": 10,
+        }
+        settings.update(kwargs)
+        return TrainingConfig(**settings)
+
+    def test_learns_and_saves(self):
+        """Training lowers the loss; the saved model reproduces the trained network exactly."""
+        import torch
+
+        from lsst.trail_detect.models.storage import TrailDetectorModel
+        from lsst.trail_detect.training.loop import train
+
+        out = Path(self.tmp, "model.safetensors")
+        result = train(self.paths, self.config(epochs=5, samples_per_epoch=64), out=out, log=lambda _: None)
+        history = result.history
+        self.assertLess(history[-1]["train_loss"], 0.8 * history[0]["train_loss"])
+        self.assertGreater(max(h["f1"] for h in history), 0.3)
+        model = TrailDetectorModel.load(out)
+        self.assertEqual(model.kind, "trail")
+        self.assertEqual(model.metadata["normalization"]["method"], "robust")
+        self.assertTrue(0.0 < model.threshold < 1.0)
+        self.assertEqual(model.threshold, result.model.threshold)
+        x = torch.randn(2, 1, 37, 53)
+        a = result.model.build()(x)
+        b = model.build()(x)
+        self.assertTrue(torch.equal(a, b))
+
+    def test_reproducible(self):
+        from lsst.trail_detect.training.loop import train
+
+        a = train(self.paths, self.config(epochs=1), log=lambda _: None)
+        b = train(self.paths, self.config(epochs=1), log=lambda _: None)
+        self.assertEqual(a.model.sha256, b.model.sha256)
+
+    def test_checkpoint_and_resume(self):
+        from lsst.trail_detect.training.loop import train
+
+        ckpt = Path(self.tmp, "ckpt")
+        first = train(self.paths, self.config(epochs=2, checkpoint_dir=str(ckpt)), log=lambda _: None)
+        self.assertTrue((ckpt / "checkpoint.safetensors").exists())
+        self.assertEqual(len(first.history), 2)
+        lines = []
+        resumed = train(
+            self.paths, self.config(epochs=3, checkpoint_dir=str(ckpt), resume=True), log=lines.append
+        )
+        self.assertTrue(any("resumed" in line for line in lines))
+        self.assertEqual([h["epoch"] for h in resumed.history], [0, 1, 2])
+        self.assertEqual(resumed.history[:2], first.history)
+
+    def test_refuses_missing_validation(self):
+        from lsst.trail_detect.training.loop import train
+
+        with self.assertRaisesRegex(ValueError, "validation"):
+            train(self.paths[:2], self.config(epochs=1), log=lambda _: None)
+
+    def test_pretrained_encoder_and_unfreezing(self):
+        """A star detector's encoder initializes the segmenter; frozen stages stay as pretrained."""
+        from lsst.trail_detect.models.storage import TrailDetectorModel
+        from lsst.trail_detect.training.loop import TrainingConfig, train
+
+        star_paths = write_star_shards(self.tmp)
+        star_file = Path(self.tmp, "star.safetensors")
+        star = train(
+            star_paths,
+            TrainingConfig(
+                kind="star", architecture=TINY_STAR, epochs=2, batch_size=4, progress=False, threads=2
+            ),
+            out=star_file,
+            log=lambda _: None,
+        )
+        self.assertEqual(star.model.kind, "star")
+        self.assertIn("recall", star.model.metadata["validation"])
+        # Encoder frozen for the whole (short) run: its weights must equal the star detector's.
+        trail = train(
+            self.paths,
+            self.config(epochs=1, pretrained_encoder=str(star_file), unfreeze_epochs=[5]),
+            log=lambda _: None,
+        )
+        star_tensors = TrailDetectorModel.load(star_file).tensors
+        enc = {
+            k: v
+            for k, v in trail.model.tensors.items()
+            if k.startswith("encoder.") and "num_batches" not in k and "running" not in k
+        }
+        self.assertGreater(len(enc), 0)
+        for name, value in enc.items():
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(star_tensors[name]), err_msg=name)
+        self.assertEqual(trail.history[0]["open_encoder_stages"], 0)
+
+
+class DistributedTestCase(lsst.utils.tests.TestCase):
+    def test_ddp_two_cpu_processes(self):
+        """torchrun with 2 CPU processes (gloo) trains and writes one model."""
+        from lsst.trail_detect.models.storage import TrailDetectorModel
+
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = write_trail_shards(tmp)
+            out = Path(tmp, "ddp.safetensors")
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            import json
+
+            settings = json.dumps(
+                {
+                    "architecture": TINY_TRAIL,
+                    "max_steps_per_epoch": 3,
+                    "batch_size": 4,
+                    "threads": 1,
+                    "progress": False,
+                }
+            )
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                "-m",
+                "lsst.trail_detect.training",
+                *map(str, paths),
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--config",
+                settings,
+            ]
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                stdin=subprocess.DEVNULL,
+                env=dict(os.environ, OMP_NUM_THREADS="1"),
+            )
+            self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
+            model = TrailDetectorModel.load(out)
+            self.assertEqual(model.metadata["provenance"]["world_size"], 2)
+            self.assertEqual(len(model.metadata["history"]), 2)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
