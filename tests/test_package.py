@@ -170,6 +170,9 @@ class PackageTestCase(lsst.utils.tests.ImportTestCase):
         "lsst.trail_detect.simulation",
         "lsst.trail_detect.cli",
         "lsst.trail_detect.injection",
+        "lsst.trail_detect.tiles",
+        "lsst.trail_detect.models",
+        "lsst.trail_detect.training",
     }
 
 
