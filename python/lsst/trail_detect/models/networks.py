@@ -1273,8 +1273,10 @@ def default_architecture(kind: str = "trail", size: str = "compact", **overrides
         pretraining and transfer) or ``"hybrid"``
         (`HybridStarDetector`).
     size : `str`, optional
-        ``"compact"``: sized for CPU inference (a 4096x4096 detector in
-        about 10 s on 2 cores; see ``benchmarks/bench_networks.py``), or
+        ``"compact"``: sized for CPU inference (the trail network's
+        forward pass over a 4096x4096 detector in 512x512 tiles takes
+        7-8 s on 2 cores after `prepare_for_inference`, two to three times
+        longer without; see ``benchmarks/bench_networks.py``), or
         ``"large"``: wider and deeper, for a GPU.
     **overrides
         Entries replacing the defaults (e.g. ``in_channels=2``).
