@@ -23,7 +23,7 @@
 
 from __future__ import annotations
 
-__all__ = ("mask_planes", "pixel_to_sky_function", "psf_sigma", "sky_to_pixel_function")
+__all__ = ("any_plane", "mask_planes", "pixel_to_sky_function", "psf_sigma", "sky_to_pixel_function")
 
 import numpy as np
 
@@ -71,3 +71,12 @@ def psf_sigma(visit_image) -> float:
 def mask_planes(visit_image) -> dict[str, np.ndarray]:
     """Return every mask plane of a visit image as boolean arrays."""
     return {name: visit_image.mask.get(name) for name in visit_image.mask.schema.names}
+
+
+def any_plane(planes: dict[str, np.ndarray], names, shape: tuple[int, int]) -> np.ndarray:
+    """Return the pixels set in any of the named planes (absent planes are ignored)."""
+    out = np.zeros(shape, dtype=bool)
+    for name in names:
+        if name in planes:
+            out |= planes[name]
+    return out

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 __all__ = ("BuildStarTilesConfig", "BuildStarTilesConnections", "BuildStarTilesTask", "build_star_tiles")
 
+import dataclasses
+
 import numpy as np
 
 import lsst.pex.config as pexConfig
@@ -183,16 +185,13 @@ class BuildStarTilesTask(pipeBase.PipelineTask):
             ``tiles`` (`~lsst.trail_detect.tiles.shard.TileShard`).
         """
         from .. import __version__
-        from ..imageutils import mask_planes, psf_sigma
+        from ..imageutils import any_plane, mask_planes, psf_sigma
         from .shard import TileShard
         from .tiling import assign_split
 
         c = self.config
         planes = mask_planes(exposure)
-        bad = np.zeros(exposure.image.array.shape, dtype=bool)
-        for name in c.bad_planes:
-            if name in planes:
-                bad |= planes[name]
+        bad = any_plane(planes, c.bad_planes, exposure.image.array.shape)
         tiles, norm = build_star_tiles(
             exposure.image.array,
             exposure.variance.array,
@@ -223,15 +222,7 @@ class BuildStarTilesTask(pipeBase.PipelineTask):
             },
             tile_size=c.tile_size,
             overlap=c.overlap,
-            normalization={
-                key: {
-                    "method": norm.method,
-                    "background": norm.background,
-                    "scale": norm.scale,
-                    "clip_min": norm.clip_min,
-                    "clip_max": norm.clip_max,
-                }
-            },
+            normalization={key: dataclasses.asdict(norm)},
             provenance={
                 "data_ids": [{"visit": visit, "detector": detector}],
                 "split_seed": c.split_seed,

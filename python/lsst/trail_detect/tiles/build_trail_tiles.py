@@ -25,6 +25,8 @@ from __future__ import annotations
 
 __all__ = ("BuildTrailTilesConfig", "BuildTrailTilesConnections", "BuildTrailTilesTask")
 
+import dataclasses
+
 import numpy as np
 
 import lsst.pex.config as pexConfig
@@ -136,16 +138,13 @@ class BuildTrailTilesTask(pipeBase.PipelineTask):
             ``tiles`` (`~lsst.trail_detect.tiles.shard.TileShard`).
         """
         from .. import __version__
-        from ..imageutils import mask_planes
+        from ..imageutils import any_plane, mask_planes
         from .shard import TileShard
         from .tiling import assign_split, build_trail_tiles, new_detections
 
         c = self.config
         planes = mask_planes(exposure)
-        bad = np.zeros(exposure.image.array.shape, dtype=bool)
-        for name in c.bad_planes:
-            if name in planes:
-                bad |= planes[name]
+        bad = any_plane(planes, c.bad_planes, exposure.image.array.shape)
         label = trail_mask.get("TRAIL")
         rng = np.random.default_rng([c.seed, visit, detector])
         tiles, norm = build_trail_tiles(
@@ -182,15 +181,7 @@ class BuildTrailTilesTask(pipeBase.PipelineTask):
             tiles=meta,
             tile_size=c.tile_size,
             overlap=c.overlap,
-            normalization={
-                key: {
-                    "method": norm.method,
-                    "background": norm.background,
-                    "scale": norm.scale,
-                    "clip_min": norm.clip_min,
-                    "clip_max": norm.clip_max,
-                }
-            },
+            normalization={key: dataclasses.asdict(norm)},
             provenance={
                 "data_ids": [{"visit": visit, "detector": detector}],
                 "seed": c.seed,
