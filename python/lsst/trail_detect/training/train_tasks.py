@@ -187,11 +187,13 @@ class _TrainDetectorTaskBase(pipeBase.PipelineTask):
             for k, handle in enumerate(handles):
                 paths.append(write_shard(handle.get(), Path(tmp) / f"shard_{k:05d}.h5"))
             pretrained = None
+            provenance = {"input_runs": sorted({ref.run for ref in inputRefs.tiles})}
             if getattr(inputRefs, "pretrained", None) is not None:
                 pretrained = Path(tmp) / "pretrained.safetensors"
                 butlerQC.get(inputRefs.pretrained).save(pretrained)
-            collections = sorted({ref.run for ref in inputRefs.tiles})
-            outputs = self.run(paths, pretrained=pretrained, provenance={"input_runs": collections})
+                ref = inputRefs.pretrained
+                provenance["pretrained_encoder"] = f"{ref.datasetType.name} in {ref.run} ({ref.id})"
+            outputs = self.run(paths, pretrained=pretrained, provenance=provenance)
         butlerQC.put(outputs, outputRefs)
 
     def run(self, shard_paths, pretrained=None, provenance=None) -> pipeBase.Struct:
@@ -223,6 +225,11 @@ class _TrainDetectorTaskBase(pipeBase.PipelineTask):
             config.architecture.get("name"),
         )
         result = train(shard_paths, config, provenance=provenance, log=self.log.info)
+        if pretrained is not None:
+            # Record where the encoder came from, not the temporary file it was read from.
+            result.model.metadata["training"]["pretrained_encoder"] = (provenance or {}).get(
+                "pretrained_encoder", "star_detector_model"
+            )
         return pipeBase.Struct(model=result.model)
 
 
