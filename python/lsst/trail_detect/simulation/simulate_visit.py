@@ -23,7 +23,13 @@
 
 from __future__ import annotations
 
-__all__ = ("SimulateVisitImageConfig", "SimulateVisitImageConnections", "SimulateVisitImageTask")
+__all__ = (
+    "SimulateDetectorTaskBase",
+    "SimulateVisitImageConfig",
+    "SimulateVisitImageConnections",
+    "SimulateVisitImageTask",
+    "gather_star_catalog",
+)
 
 import dataclasses
 
@@ -109,7 +115,39 @@ class SimulateVisitImageConfig(
         return SceneParameters(**{name: getattr(self, name) for name in names if name in self.keys()})
 
 
-class SimulateVisitImageTask(pipeBase.PipelineTask):
+def gather_star_catalog(star_catalog):
+    """Join star catalog shards (tables or deferred handles) in a reproducible order.
+
+    Returns
+    -------
+    stars : `astropy.table.Table` or `None`
+        The rows of every non-empty shard sorted by ``source_id``, or `None`
+        when there are none.
+    """
+    from astropy.table import vstack
+
+    tables = [s.get() if hasattr(s, "get") else s for s in (star_catalog or [])]
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return None
+    stars = vstack(tables, metadata_conflicts="silent")
+    stars.sort("source_id")  # shards arrive in no particular order
+    return stars
+
+
+class SimulateDetectorTaskBase(pipeBase.PipelineTask):
+    """Shared quantum plumbing of the tasks that simulate one detector from visit conditions."""
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        inputs = butlerQC.get(inputRefs)
+        detector = butlerQC.quantum.dataId["detector"]
+        outputs = self.run(
+            conditions=inputs["conditions"], star_catalog=inputs["star_catalog"], detector=detector
+        )
+        butlerQC.put(outputs, outputRefs)
+
+
+class SimulateVisitImageTask(SimulateDetectorTaskBase):
     """Simulate a calibrated single-visit detector image with its truth.
 
     Stars come from the ``gaia_dr3_stars`` shards that overlap the detector
@@ -121,14 +159,6 @@ class SimulateVisitImageTask(pipeBase.PipelineTask):
 
     ConfigClass = SimulateVisitImageConfig
     _DefaultName = "simulateVisitImage"
-
-    def runQuantum(self, butlerQC, inputRefs, outputRefs):
-        inputs = butlerQC.get(inputRefs)
-        detector = butlerQC.quantum.dataId["detector"]
-        outputs = self.run(
-            conditions=inputs["conditions"], star_catalog=inputs["star_catalog"], detector=detector
-        )
-        butlerQC.put(outputs, outputRefs)
 
     def run(self, conditions: dict, star_catalog, detector: int) -> pipeBase.Struct:
         """Simulate one detector.
@@ -149,16 +179,9 @@ class SimulateVisitImageTask(pipeBase.PipelineTask):
             ``visit_image`` (`lsst.images.VisitImage`) and ``truth``
             (`astropy.table.Table`).
         """
-        from astropy.table import vstack
-
         from .visit_image import make_visit_image
 
-        tables = [s.get() if hasattr(s, "get") else s for s in (star_catalog or [])]
-        tables = [t for t in tables if len(t)]
-        stars = vstack(tables, metadata_conflicts="silent") if tables else None
-        if stars is not None:
-            # Shards arrive in no particular order; sort so the result is reproducible.
-            stars.sort("source_id")
+        stars = gather_star_catalog(star_catalog)
         # The catalog's faint limit (G): fainter stars come from the star-count model.
         limit = conditions.get("catalog_mag_limit")
         self.log.info(

@@ -81,6 +81,7 @@ import lsst.pipe.base.connectionTypes as cT
 
 from .camera import PIXEL_SCALE_ARCSEC
 from .scene import SceneParameters, SimulatedDetector, make_true_psf, psf_moment_sigma, simulate_detector
+from .simulate_visit import SimulateDetectorTaskBase, gather_star_catalog
 from .survey import EXPOSURE_TIME, nJy_per_electron, sky_electrons_per_pixel
 
 DEPTH_NSIGMA = 5.0
@@ -482,7 +483,7 @@ class SimulateStarFieldConfig(pipeBase.PipelineTaskConfig, pipelineConnections=S
         )
 
 
-class SimulateStarFieldTask(pipeBase.PipelineTask):
+class SimulateStarFieldTask(SimulateDetectorTaskBase):
     """Simulate a star field for detector training, with its truth.
 
     Mirrors `~lsst.trail_detect.simulation.simulate_visit.SimulateVisitImageTask`:
@@ -496,14 +497,6 @@ class SimulateStarFieldTask(pipeBase.PipelineTask):
 
     ConfigClass = SimulateStarFieldConfig
     _DefaultName = "simulateStarField"
-
-    def runQuantum(self, butlerQC, inputRefs, outputRefs):
-        inputs = butlerQC.get(inputRefs)
-        detector = butlerQC.quantum.dataId["detector"]
-        outputs = self.run(
-            conditions=inputs["conditions"], star_catalog=inputs["star_catalog"], detector=detector
-        )
-        butlerQC.put(outputs, outputRefs)
 
     def run(self, conditions: dict, star_catalog, detector: int) -> pipeBase.Struct:
         """Simulate the star field of one detector.
@@ -524,16 +517,9 @@ class SimulateStarFieldTask(pipeBase.PipelineTask):
             ``star_field_image`` (`lsst.images.VisitImage`) and
             ``star_field_truth`` (`astropy.table.Table`).
         """
-        from astropy.table import vstack
-
         from .visit_image import make_visit_image
 
-        tables = [s.get() if hasattr(s, "get") else s for s in (star_catalog or [])]
-        tables = [t for t in tables if len(t)]
-        stars = vstack(tables, metadata_conflicts="silent") if tables else None
-        if stars is not None:
-            # Shards arrive in no particular order; sort so the result is reproducible.
-            stars.sort("source_id")
+        stars = gather_star_catalog(star_catalog)
         crowding, mag_limit = draw_star_field_parameters(
             conditions,
             detector,
