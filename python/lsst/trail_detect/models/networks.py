@@ -619,6 +619,32 @@ class _Network(nn.Module):
         return f"architecture={self.architecture}"
 
 
+def _unet_body(a: dict) -> tuple[nn.Module, nn.Module]:
+    """Build the residual encoder and attention-gated decoder shared by the U-Net networks."""
+    parts = _parse_attention(a["attention"])[1]
+    encoder = ResEncoder(
+        a["in_channels"],
+        a["base_channels"],
+        a["depth"],
+        a["blocks_per_stage"],
+        "se" in parts,
+        a["norm"],
+        a["activation"],
+        a["max_channels"],
+        a["dropout"],
+    )
+    decoder = UNetDecoder(
+        encoder.channels,
+        "gate" in parts,
+        a["blocks_per_stage"],
+        "se" in parts,
+        a["norm"],
+        a["activation"],
+        a["dropout"],
+    )
+    return encoder, decoder
+
+
 class ResAttentionUNet(_Network):
     """U-Net of residual blocks with squeeze-excitation and attention gates.
 
@@ -705,29 +731,9 @@ class ResAttentionUNet(_Network):
             pad_mode=pad_mode,
         )
         out_channels = _check_int("out_channels", out_channels, 1)
-        parts = _parse_attention(a["attention"])[1]
         self.stride = 2 ** a["depth"]
         self.pad_mode = a["pad_mode"]
-        self.encoder = ResEncoder(
-            a["in_channels"],
-            a["base_channels"],
-            a["depth"],
-            a["blocks_per_stage"],
-            "se" in parts,
-            a["norm"],
-            a["activation"],
-            a["max_channels"],
-            a["dropout"],
-        )
-        self.decoder = UNetDecoder(
-            self.encoder.channels,
-            "gate" in parts,
-            a["blocks_per_stage"],
-            "se" in parts,
-            a["norm"],
-            a["activation"],
-            a["dropout"],
-        )
+        self.encoder, self.decoder = _unet_body(a)
         self.head = nn.Conv2d(self.decoder.out_channels, out_channels, 1)
         _init_weights(self)
         nn.init.normal_(self.head.weight, std=1e-2)
@@ -806,29 +812,9 @@ class StarCenterNet(_Network):
         )
         if head_channels is not None:
             head_channels = _check_int("head_channels", head_channels, 1)
-        parts = _parse_attention(a["attention"])[1]
         self.stride = 2 ** a["depth"]
         self.pad_mode = a["pad_mode"]
-        self.encoder = ResEncoder(
-            a["in_channels"],
-            a["base_channels"],
-            a["depth"],
-            a["blocks_per_stage"],
-            "se" in parts,
-            a["norm"],
-            a["activation"],
-            a["max_channels"],
-            a["dropout"],
-        )
-        self.decoder = UNetDecoder(
-            self.encoder.channels,
-            "gate" in parts,
-            a["blocks_per_stage"],
-            "se" in parts,
-            a["norm"],
-            a["activation"],
-            a["dropout"],
-        )
+        self.encoder, self.decoder = _unet_body(a)
         _init_weights(self)
         c0 = self.decoder.out_channels
         self.head = _centernet_heads(c0, head_channels or c0, a["activation"])
