@@ -33,6 +33,8 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
+from .tiling_config import TilingConfig
+
 
 def build_star_tiles(
     image,
@@ -136,26 +138,16 @@ class BuildStarTilesConnections(
     )
 
 
-class BuildStarTilesConfig(pipeBase.PipelineTaskConfig, pipelineConnections=BuildStarTilesConnections):
+class BuildStarTilesConfig(
+    pipeBase.PipelineTaskConfig, TilingConfig, pipelineConnections=BuildStarTilesConnections
+):
     """Configuration of `BuildStarTilesTask`."""
 
-    tile_size = pexConfig.Field[int](doc="Tile side (pixels).", default=256)
-    overlap = pexConfig.Field[int](doc="Overlap between neighbouring tiles (pixels).", default=32)
-    normalization = pexConfig.ChoiceField[str](
-        doc="Image normalization (as for trail tiles).",
-        default="robust",
-        allowed={"robust": "sigma-clipped median and 1.4826 MAD", "variance": "image / sqrt(variance)"},
-    )
-    clip_min = pexConfig.Field[float](doc="Lower clip of the normalized image.", default=-10.0)
-    clip_max = pexConfig.Field[float](doc="Upper clip of the normalized image.", default=50.0)
     nu_min = pexConfig.Field[float](doc="Faintest star (PSF SNR) that is a target.", default=3.0)
-    bad_planes = pexConfig.ListField[str](
-        doc="Mask planes whose pixels get zero input and weight.", default=["NO_DATA", "BAD", "SATURATED"]
-    )
-    split_fractions = pexConfig.ListField[float](
-        doc="Fractions of (visit, detector) pairs in train, validation and test.", default=[0.7, 0.15, 0.15]
-    )
-    split_seed = pexConfig.Field[int](doc="Seed of the split assignment.", default=1)
+
+    def setDefaults(self):
+        super().setDefaults()
+        self.split_seed = 1  # independent of the trail-tile splits
 
 
 class BuildStarTilesTask(pipeBase.PipelineTask):

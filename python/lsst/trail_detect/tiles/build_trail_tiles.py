@@ -33,6 +33,8 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
+from .tiling_config import TilingConfig
+
 
 class BuildTrailTilesConnections(
     pipeBase.PipelineTaskConnections, dimensions=("instrument", "visit", "detector")
@@ -77,35 +79,17 @@ class BuildTrailTilesConnections(
     )
 
 
-class BuildTrailTilesConfig(pipeBase.PipelineTaskConfig, pipelineConnections=BuildTrailTilesConnections):
+class BuildTrailTilesConfig(
+    pipeBase.PipelineTaskConfig, TilingConfig, pipelineConnections=BuildTrailTilesConnections
+):
     """Configuration of `BuildTrailTilesTask`."""
 
-    tile_size = pexConfig.Field[int](doc="Tile side (pixels).", default=256)
-    overlap = pexConfig.Field[int](doc="Overlap between neighbouring tiles (pixels).", default=32)
-    normalization = pexConfig.ChoiceField[str](
-        doc="Image normalization (stored with the shard and later with the model).",
-        default="robust",
-        allowed={
-            "robust": "(image - sigma-clipped median) / (1.4826 MAD), per detector",
-            "variance": "image / sqrt(variance)",
-        },
-    )
-    clip_min = pexConfig.Field[float](doc="Lower clip of the normalized image.", default=-10.0)
-    clip_max = pexConfig.Field[float](doc="Upper clip of the normalized image.", default=50.0)
     background_fraction = pexConfig.Field[float](doc="Fraction of trail-free tiles kept.", default=0.1)
     missed_weight = pexConfig.Field[float](
         doc="Sampling weight of tiles whose brightest trail the stack-like detection missed (others 1).",
         default=3.0,
     )
     detected_weight = pexConfig.Field[float](doc="Loss weight of real-source (DETECTED) pixels.", default=0.5)
-    bad_planes = pexConfig.ListField[str](
-        doc="Mask planes whose pixels get zero input and zero weight.",
-        default=["NO_DATA", "BAD", "SATURATED"],
-    )
-    split_fractions = pexConfig.ListField[float](
-        doc="Fractions of (visit, detector) pairs in train, validation and test.", default=[0.7, 0.15, 0.15]
-    )
-    split_seed = pexConfig.Field[int](doc="Seed of the split assignment.", default=0)
     seed = pexConfig.Field[int](doc="Seed of the background-tile choice, with the data ID.", default=0)
 
 
