@@ -1,0 +1,458 @@
+# This file is part of trail_detect.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Trail detection on one image: normalization, inference, post-processing, catalog.
+
+`detect_trails` is the whole job on plain arrays; `DetectTrailsTask` and
+``trail-detect detect-fits`` only wire their inputs to it.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "TRAIL_CATALOG_COLUMNS",
+    "DetectionResult",
+    "apply_score_calibration",
+    "detect_trails",
+    "empty_trail_catalog",
+    "fit_score_calibration",
+    "line_probability",
+    "load_network",
+)
+
+import dataclasses
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..tiles.normalization import Normalization, apply_normalization, fit_normalization
+from .inference import InferenceSettings, predict_probability, resolve_device
+from .postprocess import (
+    PostprocessConfig,
+    TrailCandidate,
+    classify_candidate,
+    component_lines,
+    find_components,
+    fit_trail,
+    merge_collinear,
+    saturated_blobs,
+    segment_band,
+    trail_photometry,
+)
+
+_LOG = logging.getLogger(__name__)
+
+#: Columns of ``trail_catalog``: name -> (dtype, unit, description).
+TRAIL_CATALOG_COLUMNS: dict[str, tuple[Any, str | None, str]] = {
+    "trail_id": (np.int64, None, "Trail number within the image (0-based)."),
+    "x": (np.float64, "pix", "Column of the segment centre (0-based)."),
+    "y": (np.float64, "pix", "Row of the segment centre (0-based)."),
+    "x_start": (np.float64, "pix", "Column of the first endpoint."),
+    "y_start": (np.float64, "pix", "Row of the first endpoint."),
+    "x_end": (np.float64, "pix", "Column of the second endpoint."),
+    "y_end": (np.float64, "pix", "Row of the second endpoint."),
+    "ra": (np.float64, "deg", "Right ascension of the centre (NaN without a WCS)."),
+    "dec": (np.float64, "deg", "Declination of the centre (NaN without a WCS)."),
+    "ra_start": (np.float64, "deg", "Right ascension of the first endpoint."),
+    "dec_start": (np.float64, "deg", "Declination of the first endpoint."),
+    "ra_end": (np.float64, "deg", "Right ascension of the second endpoint."),
+    "dec_end": (np.float64, "deg", "Declination of the second endpoint."),
+    "trail_length": (np.float64, "pix", "Segment length (PSF-deconvolved: the motion during the exposure)."),
+    "beta": (np.float64, "deg", "Angle from +x towards +y, in [0, 180)."),
+    "width": (np.float64, "pix", "Fitted FWHM across the trail (NaN if the fit failed)."),
+    "flux": (np.float64, None, "Matched-filter flux along the fitted segment, in image units."),
+    "flux_err": (np.float64, None, "Error of flux from the variance plane."),
+    "snr": (np.float64, None, "flux / flux_err: the matched-filter SNR."),
+    "score": (
+        np.float64,
+        None,
+        "Calibrated score: the fraction of detections with this score that were "
+        "real on validation data (equal to score_raw if the model has no calibration).",
+    ),
+    "score_raw": (np.float64, None, "Mean network probability along the fitted segment."),
+    "max_probability": (np.float64, None, "Highest network probability in the trail's pixels."),
+    "n_pixels": (np.int64, None, "Pixels above the hysteresis threshold."),
+    "n_fragments": (np.int64, None, "Components merged into this trail."),
+    "flag_edge": (bool, None, "An endpoint lies near the image edge or no-data pixels."),
+    "flag_saturated": (bool, None, "The trail crosses saturated pixels."),
+    "flag_bad": (bool, None, "The trail crosses bad (masked) pixels."),
+    "flag_fit_failed": (bool, None, "The segment fit failed; endpoints are from the probability map."),
+    "rejected": (str, None, "Why the candidate was rejected ('' if kept); only with keep_rejected."),
+}
+
+
+@dataclasses.dataclass
+class DetectionResult:
+    """What `detect_trails` returns.
+
+    Attributes
+    ----------
+    catalog : `astropy.table.Table`
+        One row per trail (columns `TRAIL_CATALOG_COLUMNS`).
+    probability : `numpy.ndarray`
+        float32 trail probability per pixel.
+    mask : `numpy.ndarray`
+        Boolean: pixels within ``mask_nsigma`` widths of an accepted trail.
+    rejected : `dict` [`str`, `int`]
+        Candidates rejected, per reason.
+    timing : `dict` [`str`, `float`]
+        Seconds spent in normalization, inference and post-processing.
+    """
+
+    catalog: Any
+    probability: np.ndarray
+    mask: np.ndarray
+    rejected: dict[str, int]
+    timing: dict[str, float]
+
+
+def empty_trail_catalog(keep_rejected: bool = False):
+    """Return a zero-row trail catalog with every column and unit."""
+    from astropy.table import Column, Table
+
+    table = Table()
+    for name, (dtype, unit, description) in TRAIL_CATALOG_COLUMNS.items():
+        if name == "rejected" and not keep_rejected:
+            continue
+        table[name] = Column(
+            np.zeros(0, dtype=dtype if dtype is not str else "U16"), unit=unit, description=description
+        )
+    return table
+
+
+def load_network(model, device: str = "auto"):
+    """Build a stored trail model's network for inference on ``device``.
+
+    Parameters
+    ----------
+    model : `~lsst.trail_detect.models.storage.TrailDetectorModel`
+        A ``trail`` model.
+    device : `str`, optional
+        See `~.inference.InferenceSettings`.
+
+    Returns
+    -------
+    network : `torch.nn.Module`
+        In eval mode with batch normalization folded (CPU).
+    """
+    from ..models.networks import prepare_for_inference
+
+    if model.kind != "trail":
+        raise ValueError(f"trail detection needs a 'trail' model, not a {model.kind!r} model.")
+    torch_device = resolve_device(device)
+    network = model.build(device="cpu")
+    network = prepare_for_inference(network, channels_last=torch_device.type == "cpu")
+    return network.to(torch_device)
+
+
+def fit_score_calibration(score_raw: np.ndarray, is_real: np.ndarray, max_knots: int = 64) -> dict:
+    """Fit an isotonic map from raw scores to the fraction of real detections.
+
+    Parameters
+    ----------
+    score_raw : `numpy.ndarray`
+        Raw scores of detections on validation data.
+    is_real : `numpy.ndarray`
+        Whether each detection matched an injected trail.
+    max_knots : `int`, optional
+        The map is stored as at most this many (raw, calibrated) knots,
+        interpolated linearly.
+
+    Returns
+    -------
+    calibration : `dict`
+        ``method`` (``isotonic``), ``raw`` and ``calibrated`` (lists),
+        ``n`` (detections used) and ``n_real``.
+    """
+    from scipy.optimize import isotonic_regression
+
+    raw = np.asarray(score_raw, dtype=float)
+    real = np.asarray(is_real, dtype=float)
+    if raw.shape != real.shape or raw.ndim != 1:
+        raise ValueError("score_raw and is_real must be 1-D arrays of one length.")
+    ok = np.isfinite(raw)
+    raw, real = raw[ok], real[ok]
+    if raw.size < 2:
+        raise ValueError(f"score calibration needs at least 2 detections, got {raw.size}.")
+    order = np.argsort(raw, kind="stable")
+    raw, real = raw[order], real[order]
+    fitted = isotonic_regression(real, increasing=True).x
+    # Knots: the mean raw score of each block of equal calibrated value.
+    edges = np.flatnonzero(np.diff(fitted) != 0) + 1
+    blocks = np.split(np.arange(raw.size), edges)
+    knots_raw = np.array([raw[b].mean() for b in blocks])
+    knots_cal = np.array([fitted[b[0]] for b in blocks])
+    if knots_raw.size > max_knots:
+        pick = np.unique(np.linspace(0, knots_raw.size - 1, max_knots).round().astype(int))
+        knots_raw, knots_cal = knots_raw[pick], knots_cal[pick]
+    return {
+        "method": "isotonic",
+        "raw": [float(v) for v in knots_raw],
+        "calibrated": [float(v) for v in knots_cal],
+        "n": int(raw.size),
+        "n_real": int(real.sum()),
+    }
+
+
+def apply_score_calibration(score_raw: np.ndarray, calibration: Mapping[str, Any] | None) -> np.ndarray:
+    """Map raw scores through a calibration from `fit_score_calibration` (identity if None)."""
+    raw = np.asarray(score_raw, dtype=float)
+    if not calibration:
+        return raw.copy()
+    if calibration.get("method") != "isotonic":
+        raise ValueError(f"unknown score calibration method {calibration.get('method')!r}.")
+    knots_raw = np.asarray(calibration["raw"], dtype=float)
+    knots_cal = np.asarray(calibration["calibrated"], dtype=float)
+    if knots_raw.size == 0 or knots_raw.size != knots_cal.size:
+        raise ValueError("score calibration has no knots or mismatched knot lists.")
+    return np.interp(raw, knots_raw, knots_cal)
+
+
+def line_probability(candidate: TrailCandidate, probability: np.ndarray, good: np.ndarray) -> float:
+    """Mean probability sampled every pixel along a segment's centre line (good pixels only)."""
+    c = candidate
+    n = max(int(math.ceil(c.length)) + 1, 2)
+    t = np.linspace(0.0, 1.0, n)
+    xs = np.clip(np.rint(c.x_start + t * (c.x_end - c.x_start)).astype(int), 0, probability.shape[1] - 1)
+    ys = np.clip(np.rint(c.y_start + t * (c.y_end - c.y_start)).astype(int), 0, probability.shape[0] - 1)
+    keep = good[ys, xs]
+    if not keep.any():
+        return float(np.mean(probability[ys, xs]))
+    return float(np.mean(probability[ys[keep], xs[keep]]))
+
+
+def _touches(plane: np.ndarray | None, c: TrailCandidate, half_width: float) -> bool:
+    if plane is None or not plane.any():
+        return False
+    box, inside = segment_band(plane.shape, c.x_start, c.y_start, c.x_end, c.y_end, half_width)
+    return bool(np.any(plane[box] & inside))
+
+
+def _near_edge(c: TrailCandidate, shape: tuple[int, int], no_data: np.ndarray | None, margin: float) -> bool:
+    height, width = shape
+    for x, y in ((c.x_start, c.y_start), (c.x_end, c.y_end)):
+        if x < margin - 0.5 or y < margin - 0.5 or x > width - 0.5 - margin or y > height - 0.5 - margin:
+            return True
+        if no_data is not None:
+            xa, xb = int(max(math.floor(x - margin), 0)), int(min(math.ceil(x + margin) + 1, width))
+            ya, yb = int(max(math.floor(y - margin), 0)), int(min(math.ceil(y + margin) + 1, height))
+            if xa < xb and ya < yb and no_data[ya:yb, xa:xb].any():
+                return True
+    return False
+
+
+def detect_trails(
+    image: np.ndarray,
+    variance: np.ndarray,
+    *,
+    network: Any,
+    psf_sigma: float,
+    normalization: Normalization | Mapping[str, Any] | None = None,
+    threshold: float | None = None,
+    bad: np.ndarray | None = None,
+    saturated: np.ndarray | None = None,
+    no_data: np.ndarray | None = None,
+    score_calibration: Mapping[str, Any] | None = None,
+    pixel_to_sky: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    settings: InferenceSettings | None = None,
+    config: PostprocessConfig | None = None,
+    keep_rejected: bool = False,
+    mask_nsigma: float = 3.0,
+    progress: bool = False,
+) -> DetectionResult:
+    """Find the trails in one image.
+
+    Parameters
+    ----------
+    image, variance : `numpy.ndarray`
+        Background-subtracted image and its variance (same shape).
+    network : `torch.nn.Module`
+        From `load_network`.
+    psf_sigma : `float`
+        Gaussian PSF sigma in pixels.
+    normalization : `~lsst.trail_detect.tiles.normalization.Normalization` or `dict`, optional
+        The model's normalization (method and clip range; the background
+        and scale are measured on this image). Default: ``robust``.
+    threshold : `float`, optional
+        Operating threshold; default ``config.threshold``.
+    bad : `numpy.ndarray`, optional
+        Pixels with no usable data (set to 0 in the network input and left
+        out of the fits). NaN, infinite and non-positive-variance pixels are
+        added to it.
+    saturated : `numpy.ndarray`, optional
+        Saturated pixels (bleed-trail and spike rejection, flags).
+    no_data : `numpy.ndarray`, optional
+        Pixels outside the data region (edge flags).
+    score_calibration : `dict`, optional
+        From `fit_score_calibration` (usually the model's metadata).
+    pixel_to_sky : callable, optional
+        ``f(x, y) -> (ra, dec)`` in degrees; sky columns are NaN without it.
+    settings : `~.inference.InferenceSettings`, optional
+        Tiling, batch and device.
+    config : `~.postprocess.PostprocessConfig`, optional
+        Post-processing parameters.
+    keep_rejected : `bool`, optional
+        Keep rejected candidates in the catalog with their reason in
+        ``rejected`` (they are never in the mask).
+    mask_nsigma : `float`, optional
+        Half-width of the trail mask in widths (the larger of the PSF sigma
+        and the fitted sigma), also past the ends.
+    progress : `bool`, optional
+        Show a progress bar during inference.
+
+    Returns
+    -------
+    result : `DetectionResult`
+    """
+    from astropy.table import Table
+
+    config = dataclasses.replace(config) if config is not None else PostprocessConfig()
+    if threshold is not None:
+        config.threshold = float(threshold)
+    image = np.asarray(image, dtype=np.float32)
+    variance = np.asarray(variance, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"the image must be 2-D, not shape {image.shape}.")
+    if variance.shape != image.shape:
+        raise ValueError(f"variance shape {variance.shape} differs from the image shape {image.shape}.")
+    if not (np.isfinite(psf_sigma) and psf_sigma > 0):
+        raise ValueError(f"the PSF sigma must be a positive number of pixels, not {psf_sigma}.")
+    invalid = ~np.isfinite(image) | ~np.isfinite(variance) | ~(variance > 0)
+    bad = invalid if bad is None else (np.asarray(bad, dtype=bool) | invalid)
+    good = ~bad
+    if not good.any():
+        raise ValueError("the image has no usable pixel (all masked, NaN or with non-positive variance).")
+    timing = {}
+
+    t0 = time.perf_counter()
+    if normalization is None:
+        normalization = Normalization("robust")
+    elif not isinstance(normalization, Normalization):
+        normalization = Normalization(**dict(normalization))
+    norm = fit_normalization(
+        image,
+        bad,
+        method=normalization.method,
+        clip_min=normalization.clip_min,
+        clip_max=normalization.clip_max,
+    )
+    normalized = apply_normalization(image, norm, variance=variance, bad=bad)
+    timing["normalization"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    probability = predict_probability(network, normalized, settings, progress=progress)
+    probability[bad] = 0.0
+    timing["inference"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    labels, n = find_components(
+        probability, config.threshold, config.threshold * config.low_threshold_ratio, config.min_pixels
+    )
+    candidates = component_lines(labels, n, probability, psf_sigma)
+    candidates = merge_collinear(candidates, psf_sigma, config, bad=bad)
+    blobs = saturated_blobs(saturated, config.min_saturated_blob)
+    safe_image = np.where(good, image, 0.0).astype(np.float32)
+    safe_variance = np.where(good, variance, 1.0).astype(np.float32)
+    kept, reasons = [], Counter()
+    for candidate in candidates:
+        fitted = fit_trail(candidate, safe_image, safe_variance, good, psf_sigma, config)
+        fitted.flux, fitted.flux_err = trail_photometry(fitted, safe_image, safe_variance, good, psf_sigma)
+        fitted.snr = fitted.flux / fitted.flux_err if fitted.flux_err > 0 else float("nan")
+        fitted.score_raw = line_probability(fitted, probability, good)
+        fitted.rejected = classify_candidate(fitted, psf_sigma, config, saturated, blobs)
+        if fitted.rejected:
+            reasons[fitted.rejected] += 1
+            if not keep_rejected:
+                continue
+        kept.append(fitted)
+    kept.sort(key=lambda c: (-c.score_raw, c.y_start, c.x_start))
+
+    mask = np.zeros(image.shape, dtype=bool)
+    for c in kept:
+        if c.rejected:
+            continue
+        half = mask_nsigma * max(psf_sigma, c.width_sigma if c.fit_ok else psf_sigma)
+        box, inside = segment_band(image.shape, c.x_start, c.y_start, c.x_end, c.y_end, half, extend=half)
+        mask[box] |= inside
+
+    edge_margin = config.edge_margin_sigma * psf_sigma
+    rows = []
+    for k, c in enumerate(kept):
+        cx, cy = c.centre
+        rows.append(
+            {
+                "trail_id": k,
+                "x": cx,
+                "y": cy,
+                "x_start": c.x_start,
+                "y_start": c.y_start,
+                "x_end": c.x_end,
+                "y_end": c.y_end,
+                "trail_length": c.length,
+                "beta": c.beta,
+                "width": 2.3548 * c.width_sigma if c.fit_ok else float("nan"),
+                "flux": c.flux,
+                "flux_err": c.flux_err,
+                "snr": c.snr,
+                "score_raw": c.score_raw,
+                "max_probability": c.max_probability,
+                "n_pixels": int(c.pixels_x.size),
+                "n_fragments": c.n_fragments,
+                "flag_edge": _near_edge(c, image.shape, no_data, edge_margin),
+                "flag_saturated": _touches(saturated, c, 2.0 * psf_sigma),
+                "flag_bad": _touches(bad, c, 2.0 * psf_sigma),
+                "flag_fit_failed": not c.fit_ok,
+                "rejected": c.rejected,
+            }
+        )
+    catalog = empty_trail_catalog(keep_rejected)
+    if rows:
+        columns = {name: [row[name] for row in rows] for name in catalog.colnames if name in rows[0]}
+        filled = Table()
+        for name in catalog.colnames:
+            values = columns.get(name, [np.nan] * len(rows))
+            dtype, unit, description = TRAIL_CATALOG_COLUMNS[name]
+            filled[name] = np.asarray(values, dtype=dtype if dtype is not str else "U16")
+            filled[name].unit = unit
+            filled[name].description = description
+        catalog = filled
+        catalog["score"] = apply_score_calibration(np.asarray(catalog["score_raw"]), score_calibration)
+        if pixel_to_sky is not None:
+            for suffix, xs, ys in (
+                ("", "x", "y"),
+                ("_start", "x_start", "y_start"),
+                ("_end", "x_end", "y_end"),
+            ):
+                ra, dec = pixel_to_sky(np.asarray(catalog[xs]), np.asarray(catalog[ys]))
+                catalog["ra" + suffix] = np.asarray(ra, dtype=float)
+                catalog["dec" + suffix] = np.asarray(dec, dtype=float)
+    catalog.meta["psf_sigma"] = float(psf_sigma)
+    catalog.meta["threshold"] = float(config.threshold)
+    catalog.meta["score_calibrated"] = bool(score_calibration)
+    timing["postprocess"] = time.perf_counter() - t0
+    return DetectionResult(
+        catalog=catalog, probability=probability, mask=mask, rejected=dict(reasons), timing=timing
+    )
