@@ -471,7 +471,7 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
 
     def test_default_model_in_repo(self):
         """make-repo puts the shipped default model in the defaults collection."""
-        from lsst.trail_detect.simulation.make_repo import default_model_path
+        from lsst.trail_detect.paths import default_model_path
 
         if not default_model_path().exists():
             self.skipTest("no shipped default model in this checkout")

@@ -23,7 +23,7 @@
 
 from __future__ import annotations
 
-__all__ = ("config_path", "package_dir", "pipeline_path")
+__all__ = ("config_path", "default_model_path", "package_dir", "pipeline_path")
 
 import os
 from pathlib import Path
@@ -56,3 +56,8 @@ def pipeline_path(name: str) -> Path:
 def config_path(name: str) -> Path:
     """Return the path of a config override file by name."""
     return package_dir() / "config" / name
+
+
+def default_model_path() -> Path:
+    """Return the path of the trail model shipped with the package."""
+    return Path(__file__).resolve().parent / "data" / "trail_detector_default.safetensors"

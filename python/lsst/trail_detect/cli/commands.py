@@ -315,3 +315,114 @@ def export_model(repo, out, collections, dataset_type):
     model = butler.get(dataset_type)
     model.save(out)
     click.echo(f"Wrote {model.summary()} to {out}.")
+
+
+def _load_trail_model(model_path):
+    from ..models.storage import TrailDetectorModel
+    from ..paths import default_model_path
+
+    path = model_path or default_model_path()
+    try:
+        model = TrailDetectorModel.load(path)
+    except (OSError, ValueError) as err:
+        raise _fail(err) from err
+    if model.kind != "trail":
+        raise click.ClickException(f"{path} holds a {model.kind!r} model, not a trail model.")
+    return model
+
+
+@click.command("detect-fits")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for FILE.trails.ecsv and FILE.trails.png.",
+)
+@click.option(
+    "--model",
+    "model_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Trail model file (.safetensors); default: the model shipped with the package.",
+)
+@click.option(
+    "--psf-fwhm",
+    type=float,
+    default=None,
+    help="PSF FWHM in pixels (default: the file's PSF model, or measured from its stars).",
+)
+@click.option("--hdu", default=None, help="Image HDU (index or EXTNAME) of plain FITS files.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Probability threshold (default: the model's operating threshold).",
+)
+@click.option(
+    "--threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default)."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option(
+    "--keep-rejected/--no-keep-rejected",
+    default=False,
+    show_default=True,
+    help="Keep rejected candidates in the catalog with the reason.",
+)
+@click.option("--plot/--no-plot", default=True, show_default=True, help="Write the PNG.")
+def detect_fits(files, out_dir, model_path, psf_fwhm, hdu, threshold, threads, device, keep_rejected, plot):
+    """Find trails in FITS images from any telescope.
+
+    Each FILE is a plain FITS image (optionally with VARIANCE, WEIGHT and
+    MASK/DQ extensions and a celestial WCS) or a legacy LSST calexp. Noise
+    comes from the variance plane or a robust estimate, the PSF width from
+    --psf-fwhm, the file's PSF model or its stars. Writes FILE.trails.ecsv
+    (one row per trail) and FILE.trails.png (the trails drawn over the image)
+    in --out.
+    """
+    import torch
+
+    from ..detection.detect import load_network
+    from ..detection.fits_detect import detect_fits_file
+    from ..detection.inference import InferenceSettings
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    model = _load_trail_model(model_path)
+    settings = InferenceSettings(device=device, threads=threads)
+    try:
+        network = load_network(model, device)
+    except ValueError as err:
+        raise _fail(err) from err
+    if isinstance(hdu, str) and hdu.isdigit():
+        hdu = int(hdu)
+    failures = 0
+    for path in files:
+        try:
+            detection = detect_fits_file(
+                path,
+                model,
+                network=network,
+                out_dir=out_dir,
+                hdu=hdu,
+                psf_fwhm=psf_fwhm,
+                threshold=threshold,
+                settings=settings,
+                keep_rejected=keep_rejected,
+                plot=plot,
+            )
+        except (OSError, ValueError) as err:
+            failures += 1
+            click.echo(f"Error: {err}", err=True)
+            continue
+        catalog = detection.result.catalog
+        timing = detection.result.timing
+        click.echo(
+            f"{path}: {len(catalog)} trails ({detection.fits.kind}, PSF sigma {detection.psf_sigma:.2f} px "
+            f"{detection.psf_source}, {'with' if detection.fits.wcs is not None else 'no'} WCS; "
+            f"{timing['inference'] + timing['postprocess']:.1f} s) -> {detection.catalog_path}"
+        )
+    if failures:
+        raise click.ClickException(f"{failures} of {len(files)} files could not be searched.")

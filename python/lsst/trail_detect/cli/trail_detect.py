@@ -31,7 +31,15 @@ import sys
 import click
 
 from .. import __version__
-from .commands import export_model, export_tiles, fetch_gaia, ingest_catalog, make_repo, train
+from .commands import (
+    detect_fits,
+    export_model,
+    export_tiles,
+    fetch_gaia,
+    ingest_catalog,
+    make_repo,
+    train,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,6 +68,7 @@ cli.add_command(ingest_catalog)
 cli.add_command(export_tiles)
 cli.add_command(train)
 cli.add_command(export_model)
+cli.add_command(detect_fits)
 
 
 def main() -> None:

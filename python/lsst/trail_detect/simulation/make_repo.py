@@ -32,7 +32,6 @@ __all__ = (
     "MakeRepoError",
     "catalog_cone",
     "create_repo",
-    "default_model_path",
     "make_repo",
     "put_default_model",
     "register_survey",
@@ -50,6 +49,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..paths import default_model_path
 from .camera import N_DETECTORS, detector_corners_sky, detector_wcs
 from .survey import DEFAULT_FIELD, plan_survey
 
@@ -223,11 +223,6 @@ def register_survey(butler, plan: Sequence[dict]) -> None:
         butler.put(
             dict(visit), conditions_type, instrument=INSTRUMENT, visit=visit["visit"], run=CONDITIONS_RUN
         )
-
-
-def default_model_path() -> Path:
-    """Return where the package keeps its shipped default trail detector."""
-    return Path(__file__).resolve().parents[1] / "data" / "trail_detector_default.safetensors"
 
 
 def put_default_model(butler, run: str = MODELS_RUN) -> bool:
