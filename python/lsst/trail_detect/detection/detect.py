@@ -377,7 +377,16 @@ def detect_trails(
     safe_image = np.where(good, image, 0.0).astype(np.float32)
     safe_variance = np.where(good, variance, 1.0).astype(np.float32)
     kept, reasons = [], Counter()
+    # Components much shorter than the shortest trail kept (stars, hot pixels) are not worth a fit.
+    prefit_min_length = 0.5 * config.min_length_fwhm * 2.3548 * psf_sigma
     for candidate in candidates:
+        if candidate.length < prefit_min_length:
+            reasons["short"] += 1
+            if keep_rejected:
+                candidate.rejected = "short"
+                candidate.score_raw = line_probability(candidate, probability, good)
+                kept.append(candidate)
+            continue
         fitted = fit_trail(candidate, safe_image, safe_variance, good, psf_sigma, config)
         fitted.flux, fitted.flux_err = trail_photometry(fitted, safe_image, safe_variance, good, psf_sigma)
         fitted.snr = fitted.flux / fitted.flux_err if fitted.flux_err > 0 else float("nan")

@@ -55,6 +55,7 @@ __all__ = (
     "saturated_blobs",
     "segment_band",
     "trail_model",
+    "trail_model_jacobian",
     "trail_photometry",
 )
 
@@ -405,6 +406,56 @@ def trail_model(
     return across * along / length
 
 
+def trail_model_jacobian(
+    x: np.ndarray,
+    y: np.ndarray,
+    x0: float,
+    y0: float,
+    x1: float,
+    y1: float,
+    sigma: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`trail_model` and its derivatives with respect to ``(x0, y0, x1, y1, sigma)``.
+
+    Returns
+    -------
+    model : `numpy.ndarray`
+        As `trail_model`.
+    jacobian : `numpy.ndarray`
+        ``(5,) + model.shape``: d model / d (x0, y0, x1, y1, sigma).
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    sigma = max(float(sigma), 1e-3)
+    length = max(math.hypot(x1 - x0, y1 - y0), 1e-6)
+    ux, uy = (x1 - x0) / length, (y1 - y0) / length
+    nx, ny = -uy, ux
+    dx, dy = x - x0, y - y0
+    s = dx * ux + dy * uy
+    d = dx * nx + dy * ny
+    across = np.exp(-0.5 * (d / sigma) ** 2) / (math.sqrt(2 * math.pi) * sigma)
+    e_start = np.exp(-0.5 * (s / sigma) ** 2)
+    e_end = np.exp(-0.5 * ((length - s) / sigma) ** 2)
+    along = 0.5 * (special.erf((length - s) / (_SQRT2 * sigma)) + special.erf(s / (_SQRT2 * sigma)))
+    model = across * along / length
+    k = 0.5 * math.sqrt(2.0 / math.pi) / sigma
+    d_model_d_d = model * (-d / sigma**2)
+    d_model_d_s = across / length * k * (e_start - e_end)
+    d_model_d_length = across / length * k * e_end - model / length
+    # Derivatives of s, d and L with respect to the endpoints (see the docstring of the module).
+    jac = np.empty((5,) + model.shape)
+    for k_axis, (u_c, n_c) in enumerate(((ux, nx), (uy, ny))):
+        ds_da = -u_c - d * n_c / length
+        ds_db = d * n_c / length
+        dd_da = -n_c + s * n_c / length
+        dd_db = -s * n_c / length
+        jac[k_axis] = d_model_d_d * dd_da + d_model_d_s * ds_da - d_model_d_length * u_c
+        jac[2 + k_axis] = d_model_d_d * dd_db + d_model_d_s * ds_db + d_model_d_length * u_c
+    d_across = across * ((d**2) / sigma**3 - 1.0 / sigma)
+    d_along = 0.5 * math.sqrt(2.0 / math.pi) * (-(length - s) * e_end - s * e_start) / sigma**2
+    jac[4] = (d_across * along + across * d_along) / length
+    return model, jac
+
+
 def segment_band(
     shape: tuple[int, int], x0: float, y0: float, x1: float, y1: float, half_width: float, extend: float = 0.0
 ) -> tuple[tuple[slice, slice], np.ndarray]:
@@ -470,18 +521,36 @@ def fit_trail(
         [c.x_start, c.y_start, c.x_end, c.y_end, math.log(flux0), math.log(psf_sigma), background0]
     )
 
-    def residuals(p):
-        model = math.exp(p[4]) * trail_model(px, py, p[0], p[1], p[2], p[3], math.exp(p[5])) + p[6]
-        return (data - model) * inv_sigma
+    def unpack(p):
+        return math.exp(min(p[4], 60.0)), math.exp(min(max(p[5], -5.0), 5.0))
 
-    lower = [-np.inf] * 4 + [-np.inf, math.log(0.2), -np.inf]
-    upper = [np.inf] * 4 + [np.inf, math.log(10 * psf_sigma), np.inf]
-    start[5] = min(max(start[5], lower[5] + 1e-6), upper[5] - 1e-6)
+    def residuals(p):
+        flux, sigma = unpack(p)
+        return (data - flux * trail_model(px, py, p[0], p[1], p[2], p[3], sigma) - p[6]) * inv_sigma
+
+    def jacobian(p):
+        flux, sigma = unpack(p)
+        model, jac = trail_model_jacobian(px, py, p[0], p[1], p[2], p[3], sigma)
+        out = np.empty((px.size, 7))
+        out[:, :4] = (flux * jac[:4]).T
+        out[:, 4] = flux * model
+        out[:, 5] = flux * sigma * jac[4]
+        out[:, 6] = 1.0
+        return -out * inv_sigma[:, None]
+
     try:
         result = least_squares(
-            residuals, start, bounds=(lower, upper), loss="huber", f_scale=3.0, x_scale="jac", max_nfev=200
+            residuals,
+            start,
+            jac=jacobian,
+            loss="huber",
+            f_scale=3.0,
+            x_scale="jac",
+            max_nfev=80,
+            xtol=1e-5,
+            ftol=1e-5,
         )
-    except (ValueError, FloatingPointError):
+    except (ValueError, FloatingPointError, OverflowError):
         return c
     p = result.x
     shift_limit = config.max_fit_shift + 0.25 * c.length
@@ -493,16 +562,18 @@ def fit_trail(
         math.hypot(p[2] - c.x_start, p[3] - c.y_start),
         math.hypot(p[0] - c.x_end, p[1] - c.y_end),
     )
+    width = math.exp(min(p[5], 10.0)) if np.isfinite(p[5]) else float("nan")
     if (
         not result.success
         or not np.all(np.isfinite(p))
         or min(max(shifts), max(shifts_swapped)) > shift_limit
+        or not 0.1 <= width <= 20 * psf_sigma
     ):
         return c
     out = dataclasses.replace(c)
     out.x_start, out.y_start, out.x_end, out.y_end = (float(v) for v in p[:4])
-    out.fit_flux = math.exp(p[4])
-    out.width_sigma = math.exp(p[5])
+    out.fit_flux = math.exp(min(p[4], 60.0))
+    out.width_sigma = width
     out.fit_ok = True
     return out
 
@@ -517,11 +588,14 @@ def trail_photometry(
 ) -> tuple[float, float]:
     """Matched-filter flux and its error along a fitted segment.
 
-    Weighted linear least squares of the pixels within ``half_width_sigma``
-    PSF sigmas of the segment (and as far past its ends) on the unit-flux
-    `trail_model` with the PSF width, with a free constant background:
-    the flux estimate is unbiased for a trail of that shape, and its error
-    is the matched-filter error ``~1/sqrt(sum T^2/V)``.
+    The local background is the median of the good pixels between
+    ``half_width_sigma`` and twice that many PSF sigmas from the segment
+    (robust to stars there); the flux is the matched-filter estimate
+    ``sum(T (I - b) / V) / sum(T^2 / V)`` over the pixels within
+    ``half_width_sigma`` PSF sigmas, with ``T`` the unit-flux
+    `trail_model` with the PSF width, and its error is
+    ``1 / sqrt(sum(T^2 / V))``. For a trail of that shape the estimate is
+    unbiased and its SNR is the optimal (matched-filter) SNR.
 
     Returns
     -------
@@ -530,25 +604,24 @@ def trail_photometry(
     """
     c = candidate
     half = half_width_sigma * psf_sigma + 1.0
-    box, inside = segment_band(image.shape, c.x_start, c.y_start, c.x_end, c.y_end, half, extend=half)
-    use = inside & good[box]
-    if use.sum() < 4:
-        return float("nan"), float("nan")
+    outer = 2.0 * half
+    box, inside = segment_band(image.shape, c.x_start, c.y_start, c.x_end, c.y_end, outer, extend=outer)
     yy, xx = np.mgrid[box[0], box[1]]
-    template = trail_model(
-        xx[use].astype(float), yy[use].astype(float), c.x_start, c.y_start, c.x_end, c.y_end, psf_sigma
-    )
-    w = 1.0 / variance[box][use].astype(float)
-    data = image[box][use].astype(float)
-    # Normal equations of data = F * template + b.
-    a11, a12, a22 = np.sum(w * template**2), np.sum(w * template), np.sum(w)
-    b1, b2 = np.sum(w * template * data), np.sum(w * data)
-    det = a11 * a22 - a12 * a12
-    if not det > 0:
+    distance = segment_distance(xx, yy, c.x_start, c.y_start, c.x_end, c.y_end)
+    core = (distance <= half) & good[box]
+    ring = (distance > half) & inside & good[box]
+    if core.sum() < 4:
         return float("nan"), float("nan")
-    flux = (a22 * b1 - a12 * b2) / det
-    flux_err = math.sqrt(a22 / det)
-    return float(flux), float(flux_err)
+    background = float(np.median(image[box][ring])) if ring.sum() >= 10 else 0.0
+    template = trail_model(
+        xx[core].astype(float), yy[core].astype(float), c.x_start, c.y_start, c.x_end, c.y_end, psf_sigma
+    )
+    w = 1.0 / variance[box][core].astype(float)
+    norm = float(np.sum(w * template**2))
+    if not norm > 0:
+        return float("nan"), float("nan")
+    flux = float(np.sum(w * template * (image[box][core].astype(float) - background)) / norm)
+    return flux, float(1.0 / math.sqrt(norm))
 
 
 def saturated_blobs(saturated: np.ndarray | None, min_pixels: int) -> np.ndarray:
