@@ -519,6 +519,49 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
                     self.assertLess(float(np.max(d)), 1e-4)
         del butler
 
+    def test_detect_trails_pipeline(self):
+        """pipetask run of DetectTrails on injected images with the default model from make-repo."""
+        from lsst.trail_detect.detection.detect import TRAIL_CATALOG_COLUMNS
+        from lsst.trail_detect.imageutils import pixel_to_sky_function
+
+        self.injected()
+        butler = self.run_pipeline(
+            "DetectTrails.yaml",
+            "u/test/detect",
+            inputs="u/test/inject,SimCam/defaults",
+            extra=(
+                "-c",
+                "detectTrails:connections.exposure=injected_visit_image",
+                "-c",
+                "detectTrails:threads=1",
+            ),
+        )
+        refs = butler.query_datasets("trail_catalog", limit=None)
+        self.assertEqual(len(refs), VISITS * DETECTORS)
+        for ref in refs:
+            catalog = butler.get(ref)
+            self.assertEqual(set(catalog.colnames), set(TRAIL_CATALOG_COLUMNS) - {"rejected"})
+            image = butler.get("injected_visit_image", ref.dataId)
+            mask = butler.get("trail_mask", ref.dataId)
+            probability = butler.get("trail_probability", ref.dataId)
+            self.assertEqual(probability.array.shape, image.image.array.shape)
+            self.assertTrue(np.all((probability.array >= 0) & (probability.array <= 1)))
+            trail_pixels = mask.get("TRAIL")
+            self.assertEqual(trail_pixels.any(), len(catalog) > 0)
+            if len(catalog):
+                ra, dec = pixel_to_sky_function(image)(catalog["x_start"], catalog["y_start"])
+                np.testing.assert_allclose(catalog["ra_start"], ra, atol=1e-9)
+                np.testing.assert_allclose(catalog["dec_start"], dec, atol=1e-9)
+                self.assertTrue(np.all((catalog["beta"] >= 0) & (catalog["beta"] < 180)))
+                self.assertTrue(np.all(catalog["score"] >= 0) and np.all(catalog["score"] <= 1))
+                # Every trail's centre lies in its mask.
+                cx = np.clip(np.rint(catalog["x"]).astype(int), 0, SIZE - 1)
+                cy = np.clip(np.rint(catalog["y"]).astype(int), 0, SIZE - 1)
+                self.assertTrue(trail_pixels[cy, cx].all())
+        metadata = butler.get("detectTrails_metadata", refs[0].dataId)
+        self.assertIn("seconds_inference", metadata["detectTrails"])
+        del butler
+
     def test_inject_trails_pipeline(self):
         """pipetask run of InjectTrails and EndToEnd; outputs read back through the Butler."""
         for name, output, strict in (
@@ -528,6 +571,8 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
             butler = self.injected() if name == "InjectTrails.yaml" else self.run_pipeline(name, output)
             refs = butler.query_datasets("injected_visit_image", limit=None)
             self.assertEqual(len(refs), VISITS * DETECTORS)
+            if name == "EndToEnd.yaml":  # which also searches the injected images for trails
+                self.assertEqual(len(butler.query_datasets("trail_catalog", limit=None)), VISITS * DETECTORS)
             ratios = []
             for ref in refs:
                 injected = butler.get(ref)

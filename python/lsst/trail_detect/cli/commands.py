@@ -372,7 +372,9 @@ def _load_trail_model(model_path):
     help="Keep rejected candidates in the catalog with the reason.",
 )
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write the PNG.")
-def detect_fits(files, out_dir, model_path, psf_fwhm, hdu, threshold, threads, device, keep_rejected, plot):
+def detect_fits(
+    files, out_dir, model_path, psf_fwhm, hdu, threshold, min_score, threads, device, keep_rejected, plot
+):
     """Find trails in FITS images from any telescope.
 
     Each FILE is a plain FITS image (optionally with VARIANCE, WEIGHT and
@@ -409,6 +411,7 @@ def detect_fits(files, out_dir, model_path, psf_fwhm, hdu, threshold, threads, d
                 hdu=hdu,
                 psf_fwhm=psf_fwhm,
                 threshold=threshold,
+                min_score=min_score,
                 settings=settings,
                 keep_rejected=keep_rejected,
                 plot=plot,
@@ -426,3 +429,82 @@ def detect_fits(files, out_dir, model_path, psf_fwhm, hdu, threshold, threads, d
         )
     if failures:
         raise click.ClickException(f"{failures} of {len(files)} files could not be searched.")
+
+
+@click.command("calibrate")
+@click.argument("repo", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option(
+    "--collections",
+    required=True,
+    help="Collection(s) with injected images and their truth (comma-separated).",
+)
+@click.option(
+    "--model",
+    "model_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Model file to calibrate (default: trail_detector_model from --model-collections).",
+)
+@click.option("--model-collections", default=None, help="Collection(s) holding trail_detector_model.")
+@click.option("--split", default="validation", show_default=True, help="Split whose images are used.")
+@click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the split assignment.")
+@click.option("--where", default="", help="Butler query restricting the data IDs.")
+@click.option(
+    "--max-fp",
+    default=10.0,
+    show_default=True,
+    type=float,
+    help="False positives allowed per 4k x 4k detector at the operating point (min_score).",
+)
+@click.option(
+    "--threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default)."
+)
+def calibrate(
+    repo, out, collections, model_path, model_collections, split, split_seed, where, max_fp, threads
+):
+    """Calibrate a trail model's scores on validation images and write it to OUT.
+
+    Runs the detection on the injected images of one split (by default the
+    validation split of the tile builders, never trained on), matches the
+    detections to the injected truth, fits an isotonic map from raw to
+    calibrated score (0.9 = 90% real) and chooses min_score, the operating
+    point with at most --max-fp false positives per 4k x 4k detector.
+    """
+    import torch
+
+    from lsst.daf.butler import Butler
+
+    from ..detection.calibration import butler_samples, calibrate_trail_model
+    from ..models.storage import TrailDetectorModel
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    butler = Butler.from_config(repo, collections=collections.split(","))
+    if model_path is not None:
+        model = _load_trail_model(model_path)
+    elif model_collections:
+        model = butler.get("trail_detector_model", collections=model_collections.split(","))
+    else:
+        raise click.UsageError("give --model or --model-collections.")
+    if not isinstance(model, TrailDetectorModel) or model.kind != "trail":
+        raise click.ClickException("the model to calibrate must be a trail model.")
+    try:
+        calibrated, summary = calibrate_trail_model(
+            model,
+            butler_samples(butler, split=split, split_seed=split_seed, where=where),
+            max_fp_per_detector=max_fp,
+            provenance={"collections": collections, "split": split, "split_seed": split_seed},
+        )
+    except ValueError as err:
+        raise _fail(err) from err
+    calibrated.save(out)
+    click.echo(
+        f"Calibrated on {summary['n_images']} {split} images "
+        f"({summary['area_4k_detectors']:.2f} 4k detectors): "
+        f"{summary['n_matched']} of {summary['n_truth']} injected trails matched, "
+        f"{summary['false_positives_per_4k_detector']:.1f} false positives per 4k detector; min_score "
+        f"{summary['min_score']:.3f} keeps {summary['completeness_at_min_score']:.1%} of the trails with "
+        f"{summary['false_positives_per_4k_detector_at_min_score']:.1f} false positives per 4k detector. "
+        f"Wrote {out}."
+    )

@@ -32,6 +32,7 @@ import click
 
 from .. import __version__
 from .commands import (
+    calibrate,
     detect_fits,
     export_model,
     export_tiles,
@@ -69,6 +70,7 @@ cli.add_command(export_tiles)
 cli.add_command(train)
 cli.add_command(export_model)
 cli.add_command(detect_fits)
+cli.add_command(calibrate)
 
 
 def main() -> None:

@@ -276,6 +276,7 @@ def detect_trails(
     saturated: np.ndarray | None = None,
     no_data: np.ndarray | None = None,
     score_calibration: Mapping[str, Any] | None = None,
+    min_score: float = 0.0,
     pixel_to_sky: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
     settings: InferenceSettings | None = None,
     config: PostprocessConfig | None = None,
@@ -308,6 +309,10 @@ def detect_trails(
         Pixels outside the data region (edge flags).
     score_calibration : `dict`, optional
         From `fit_score_calibration` (usually the model's metadata).
+    min_score : `float`, optional
+        Candidates whose calibrated score is below this are rejected
+        (``low_score``); the model's metadata holds the value chosen on
+        validation data for its false-positive budget.
     pixel_to_sky : callable, optional
         ``f(x, y) -> (ra, dec)`` in degrees; sky columns are NaN without it.
     settings : `~.inference.InferenceSettings`, optional
@@ -392,6 +397,9 @@ def detect_trails(
         fitted.snr = fitted.flux / fitted.flux_err if fitted.flux_err > 0 else float("nan")
         fitted.score_raw = line_probability(fitted, probability, good)
         fitted.rejected = classify_candidate(fitted, psf_sigma, config, saturated, blobs)
+        if not fitted.rejected and min_score > 0:
+            if apply_score_calibration(np.array([fitted.score_raw]), score_calibration)[0] < min_score:
+                fitted.rejected = "low_score"
         if fitted.rejected:
             reasons[fitted.rejected] += 1
             if not keep_rejected:
@@ -461,6 +469,7 @@ def detect_trails(
     catalog.meta["psf_sigma"] = float(psf_sigma)
     catalog.meta["threshold"] = float(config.threshold)
     catalog.meta["score_calibrated"] = bool(score_calibration)
+    catalog.meta["min_score"] = float(min_score)
     timing["postprocess"] = time.perf_counter() - t0
     return DetectionResult(
         catalog=catalog, probability=probability, mask=mask, rejected=dict(reasons), timing=timing

@@ -89,6 +89,12 @@ class DetectTrailsConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Detect
         default=None,
         optional=True,
     )
+    min_score = pexConfig.Field[float](
+        doc="Lowest calibrated score kept; None uses the model's (chosen on validation data for its "
+        "false-positive budget), 0 keeps everything above the threshold.",
+        default=None,
+        optional=True,
+    )
     tile = pexConfig.Field[int](doc="Inference tile size (pixels).", default=512)
     overlap = pexConfig.Field[int](
         doc="Overlap of inference tiles (pixels); blending tapers over it.", default=64
@@ -277,6 +283,7 @@ class DetectTrailsTask(pipeBase.PipelineTask):
             saturated=saturated,
             no_data=no_data,
             score_calibration=model.metadata.get("score_calibration"),
+            min_score=c.min_score if c.min_score is not None else float(model.metadata.get("min_score", 0.0)),
             pixel_to_sky=pixel_to_sky if to_sky is not None else None,
             settings=InferenceSettings(**c.inference_settings_kwargs()),
             config=c.postprocess_config(threshold),

@@ -109,6 +109,7 @@ def detect_fits_file(
     hdu: int | str | None = None,
     psf_fwhm: float | None = None,
     threshold: float | None = None,
+    min_score: float | None = None,
     settings: InferenceSettings | None = None,
     config: PostprocessConfig | None = None,
     keep_rejected: bool = False,
@@ -136,6 +137,8 @@ def detect_fits_file(
         calexps) or a measurement from its stars.
     threshold : `float`, optional
         Probability threshold (default: the model's).
+    min_score : `float`, optional
+        Lowest calibrated score kept (default: the model's).
     settings, config : optional
         Inference and post-processing parameters.
     keep_rejected : `bool`, optional
@@ -208,6 +211,7 @@ def detect_fits_file(
         saturated=fits_image.saturated,
         no_data=no_data,
         score_calibration=model.metadata.get("score_calibration"),
+        min_score=min_score if min_score is not None else float(model.metadata.get("min_score", 0.0)),
         pixel_to_sky=pixel_to_sky,
         settings=settings,
         config=config,

@@ -737,6 +737,9 @@ class ResAttentionUNet(_Network):
         self.head = nn.Conv2d(self.decoder.out_channels, out_channels, 1)
         _init_weights(self)
         nn.init.normal_(self.head.weight, std=1e-2)
+        # Start from the prior that ~1% of pixels are trail pixels (as RetinaNet does): the
+        # background is then right from the first step and training spends itself on the trails.
+        nn.init.constant_(self.head.bias, math.log(0.01 / 0.99))
         self.architecture = {"name": "ResAttentionUNet", "out_channels": out_channels, **a}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
