@@ -79,8 +79,10 @@ train-default: $(STAMP)
 	  -i SimCam/runs/train_default/data,SimCam/runs/train_default/stars -o SimCam/runs/train_default/models \
 	  -p pipelines/TrainTrailDetector.yaml -C trainStarDetector:$(TRAIN_STAR_CONFIG) -C trainTrailDetector:$(TRAIN_CONFIG) \
 	  --register-dataset-types -j 1
-	$(VENV)/bin/trail-detect export-model $(TRAIN_DIR)/repo python/lsst/trail_detect/data/trail_detector_default.safetensors \
+	$(VENV)/bin/trail-detect export-model $(TRAIN_DIR)/repo $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors \
 	  --collections SimCam/runs/train_default/models
+	$(VENV)/bin/trail-detect calibrate $(TRAIN_DIR)/repo python/lsst/trail_detect/data/trail_detector_default.safetensors \
+	  --collections SimCam/runs/train_default/data --model $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors --threads 2
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadscope --durations=15 tests

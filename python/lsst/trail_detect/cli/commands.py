@@ -508,3 +508,35 @@ def calibrate(
         f"{summary['false_positives_per_4k_detector_at_min_score']:.1f} false positives per 4k detector. "
         f"Wrote {out}."
     )
+
+
+@click.command("import-model")
+@click.argument("repo", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--run", required=True, help="RUN collection to put the model in (must not hold one already).")
+@click.option(
+    "--dataset-type",
+    default=None,
+    help="Dataset type (default: trail_detector_model or star_detector_model).",
+)
+def import_model(repo, model_file, run, dataset_type):
+    """Put a model file (e.g. from train or calibrate) in REPO as a dimensionless dataset."""
+    from lsst.daf.butler import Butler, CollectionType, DatasetType
+
+    from ..models.storage import TrailDetectorModel
+
+    try:
+        model = TrailDetectorModel.load(model_file)
+    except (OSError, ValueError) as err:
+        raise _fail(err) from err
+    name = dataset_type or f"{model.kind}_detector_model"
+    butler = Butler.from_config(repo, writeable=True)
+    butler.registry.registerDatasetType(
+        DatasetType(name, (), "TrailDetectorModel", universe=butler.dimensions)
+    )
+    butler.registry.registerCollection(run, CollectionType.RUN)
+    try:
+        butler.put(model, name, run=run)
+    except Exception as err:  # e.g. a dataset of that type already in the run
+        raise click.ClickException(f"cannot put {model_file} in {run}: {err}") from err
+    click.echo(f"Put {model.summary()} in {run} as {name}.")

@@ -37,6 +37,7 @@ from .commands import (
     export_model,
     export_tiles,
     fetch_gaia,
+    import_model,
     ingest_catalog,
     make_repo,
     train,
@@ -71,6 +72,7 @@ cli.add_command(train)
 cli.add_command(export_model)
 cli.add_command(detect_fits)
 cli.add_command(calibrate)
+cli.add_command(import_model)
 
 
 def main() -> None:
