@@ -540,3 +540,34 @@ def import_model(repo, model_file, run, dataset_type):
     except Exception as err:  # e.g. a dataset of that type already in the run
         raise click.ClickException(f"cannot put {model_file} in {run}: {err}") from err
     click.echo(f"Put {model.summary()} in {run} as {name}.")
+
+
+@click.command("report")
+@click.argument("repo", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--collections", required=True, help="Collection(s) with trail_detection_metrics (comma-separated)."
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--title", default="Trail detection", show_default=True, help="Page title.")
+def report(repo, collections, out_dir, title):
+    """Write a self-contained HTML report of trail_detection_metrics (and star_detection_metrics)."""
+    from lsst.daf.butler import Butler
+
+    from ..evaluation.metrics import headline_table
+    from ..evaluation.report import write_report
+
+    butler = Butler.from_config(repo, collections=collections.split(","))
+    refs = butler.query_datasets("trail_detection_metrics", limit=None, explain=False)
+    if not refs:
+        raise click.ClickException(
+            f"no trail_detection_metrics in {collections}; "
+            "run pipelines/EvaluateTrails.yaml (or EndToEnd.yaml)."
+        )
+    metrics = dict(butler.get(refs[0]))
+    star_refs = butler.query_datasets("star_detection_metrics", limit=None, explain=False)
+    if star_refs:
+        metrics["star_detection"] = dict(butler.get(star_refs[0]))
+    metrics["context"] = {"repository": str(repo), "collections": collections, "run": refs[0].run}
+    path = write_report(metrics, out_dir, title=title)
+    click.echo(headline_table({k: v for k, v in metrics.items() if k not in ("star_detection", "context")}))
+    click.echo(f"Report written to {path}.")

@@ -40,6 +40,7 @@ from .commands import (
     import_model,
     ingest_catalog,
     make_repo,
+    report,
     train,
 )
 
@@ -73,6 +74,7 @@ cli.add_command(export_model)
 cli.add_command(detect_fits)
 cli.add_command(calibrate)
 cli.add_command(import_model)
+cli.add_command(report)
 
 
 def main() -> None:
