@@ -43,10 +43,10 @@ demo: $(STAMP)
 	@echo "== 1/3 Embedded survey: $(DEMO_VISITS) visits x $(DEMO_DETECTORS) detectors of $(DEMO_SIZE)^2 px"
 	$(VENV)/bin/trail-detect make-repo $(DEMO_DIR)/repo --visits $(DEMO_VISITS) --detectors $(DEMO_DETECTORS) \
 	  --size $(DEMO_SIZE) --seed $(DEMO_SEED) -j $(JOBS)
-	@echo "== 2/3 Main job: pipelines/EndToEnd.yaml (trail injection with truth, stack-like detection, training tiles)"
+	@echo "== 2/3 Main job: pipelines/EndToEnd.yaml (injection with truth, stack-like detection, training tiles, CNN detection, evaluation)"
 	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(DEMO_DIR)/repo -i SimCam/runs/survey,SimCam/defaults \
 	  -o SimCam/runs/end_to_end -p pipelines/EndToEnd.yaml --register-dataset-types -j $(JOBS) \
-	  2>&1 | grep --line-buffered -E "Executed|Injected|Drew|tiles \(|ERROR|rror:"
+	  2>&1 | grep --line-buffered -E "Executed|Injected|Drew|tiles \(|Found [0-9]+ trails|ERROR|rror:"
 	@echo "== 3/3 Star-field pretraining sets: pipelines/StarPretraining.yaml"
 	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(DEMO_DIR)/repo -i SimCam/defaults \
 	  -o SimCam/runs/star_pretraining -p pipelines/StarPretraining.yaml --register-dataset-types -j $(JOBS) \
@@ -56,6 +56,8 @@ demo: $(STAMP)
 	$(VENV)/bin/butler query-collections $(DEMO_DIR)/repo
 	$(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo injected_visit_image --collections SimCam/runs/end_to_end
 	$(VENV)/bin/python -m lsst.trail_detect.demo $(DEMO_DIR)/repo $(DEMO_DIR)
+	@echo "== Headline: completeness per nu_det bin (CNN, stack-like 5 sigma, Hough, ideal), false positives, speed"
+	$(VENV)/bin/trail-detect report $(DEMO_DIR)/repo --collections SimCam/runs/end_to_end --out $(DEMO_DIR)/report
 	@echo "== Look further: $(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo '*' --collections SimCam/runs/end_to_end"
 	@echo "   and README.md, 'Looking at the outputs'."
 

@@ -562,6 +562,35 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
         self.assertIn("seconds_inference", metadata["detectTrails"])
         del butler
 
+    def check_evaluation(self, butler, collection):
+        """EndToEnd's detection, matching and evaluation outputs, and the report made from them."""
+        self.assertEqual(len(butler.query_datasets("trail_catalog", limit=None)), VISITS * DETECTORS)
+        self.assertEqual(len(butler.query_datasets("hough_trail_catalog", limit=None)), VISITS * DETECTORS)
+        n_truth = 0
+        for ref in butler.query_datasets("trail_matches", limit=None):
+            matches = butler.get(ref)
+            truth = butler.get("injected_visit_image_catalog", ref.dataId)
+            detections = butler.get("trail_catalog", ref.dataId)
+            is_truth = matches["row_type"] == "truth"
+            self.assertEqual(int(is_truth.sum()), int(np.sum(truth["injection_flag"] == 0)))
+            # Every detection is a match, a false positive or a fragment, exactly once.
+            self.assertEqual(int(matches["detected"].sum()) + int((~is_truth).sum()), len(detections))
+            self.assertTrue(set(matches["stack_status"][is_truth]) <= {"found", "broken", "missed"})
+            n_truth += int(is_truth.sum())
+        metrics = butler.get("trail_detection_metrics", instrument="SimCam")
+        self.assertEqual(metrics["n_truth"], n_truth)
+        self.assertEqual(metrics["n_images"], VISITS * DETECTORS)
+        for curve in ("cnn", "stack", "hough", "ideal"):
+            self.assertIn(curve, metrics["completeness_nu_det"])
+        self.assertTrue(metrics["goals"])
+        out = os.path.join(self.tmp, "report")
+        proc = run_cli("report", self.repo, "--collections", collection, "--out", out)
+        self.assertIn("2-5", proc.stdout)
+        self.assertIn("detectTrails: median", proc.stdout)
+        page = Path(out, "index.html").read_text()
+        self.assertIn("data:image/png;base64,", page)
+        self.assertIn("Goals", page)
+
     def test_inject_trails_pipeline(self):
         """pipetask run of InjectTrails and EndToEnd; outputs read back through the Butler."""
         for name, output, strict in (
@@ -571,8 +600,8 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
             butler = self.injected() if name == "InjectTrails.yaml" else self.run_pipeline(name, output)
             refs = butler.query_datasets("injected_visit_image", limit=None)
             self.assertEqual(len(refs), VISITS * DETECTORS)
-            if name == "EndToEnd.yaml":  # which also searches the injected images for trails
-                self.assertEqual(len(butler.query_datasets("trail_catalog", limit=None)), VISITS * DETECTORS)
+            if name == "EndToEnd.yaml":  # which also searches for trails and evaluates the search
+                self.check_evaluation(butler, output)
             ratios = []
             for ref in refs:
                 injected = butler.get(ref)

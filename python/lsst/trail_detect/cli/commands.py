@@ -568,6 +568,20 @@ def report(repo, collections, out_dir, title):
     if star_refs:
         metrics["star_detection"] = dict(butler.get(star_refs[0]))
     metrics["context"] = {"repository": str(repo), "collections": collections, "run": refs[0].run}
+    seconds = []
+    for ref in butler.query_datasets("detectTrails_metadata", limit=None, explain=False):
+        task_metadata = butler.get(ref)["detectTrails"]
+        if "seconds_inference" in task_metadata:
+            seconds.append(task_metadata["seconds_inference"] + task_metadata["seconds_postprocess"])
+    if seconds:
+        import numpy as np
+
+        metrics["context"]["detectTrails seconds per image (median)"] = float(np.median(seconds))
     path = write_report(metrics, out_dir, title=title)
     click.echo(headline_table({k: v for k, v in metrics.items() if k not in ("star_detection", "context")}))
+    if seconds:
+        click.echo(
+            f"detectTrails: median {np.median(seconds):.2f} s per image (inference + post-processing) over "
+            f"{len(seconds)} images."
+        )
     click.echo(f"Report written to {path}.")
