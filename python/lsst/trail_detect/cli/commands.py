@@ -551,25 +551,32 @@ def import_model(repo, model_file, run, dataset_type):
 @click.option("--title", default="Trail detection", show_default=True, help="Page title.")
 def report(repo, collections, out_dir, title):
     """Write a self-contained HTML report of trail_detection_metrics (and star_detection_metrics)."""
-    from lsst.daf.butler import Butler
+    from lsst.daf.butler import Butler, MissingDatasetTypeError
 
     from ..evaluation.metrics import headline_table
     from ..evaluation.report import write_report
 
     butler = Butler.from_config(repo, collections=collections.split(","))
-    refs = butler.query_datasets("trail_detection_metrics", limit=None, explain=False)
+
+    def query(name):
+        try:
+            return butler.query_datasets(name, limit=None, explain=False)
+        except MissingDatasetTypeError:
+            return []
+
+    refs = query("trail_detection_metrics")
     if not refs:
         raise click.ClickException(
             f"no trail_detection_metrics in {collections}; "
             "run pipelines/EvaluateTrails.yaml (or EndToEnd.yaml)."
         )
     metrics = dict(butler.get(refs[0]))
-    star_refs = butler.query_datasets("star_detection_metrics", limit=None, explain=False)
+    star_refs = query("star_detection_metrics")
     if star_refs:
         metrics["star_detection"] = dict(butler.get(star_refs[0]))
     metrics["context"] = {"repository": str(repo), "collections": collections, "run": refs[0].run}
     seconds = []
-    for ref in butler.query_datasets("detectTrails_metadata", limit=None, explain=False):
+    for ref in query("detectTrails_metadata"):
         task_metadata = butler.get(ref)["detectTrails"]
         if "seconds_inference" in task_metadata:
             seconds.append(task_metadata["seconds_inference"] + task_metadata["seconds_postprocess"])

@@ -156,7 +156,7 @@ class EvaluateTrailDetectionTask(pipeBase.PipelineTask):
     _DefaultName = "evaluateTrailDetection"
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
-        tables = [butlerQC.get(ref) for ref in inputRefs.matches]
+        tables = [butlerQC.get(ref).get() for ref in inputRefs.matches]
         pixel_scores, pixel_labels = None, None
         if self.config.do_pixel_level:
             probabilities = {_key(ref): ref for ref in inputRefs.probabilities}
@@ -164,8 +164,8 @@ class EvaluateTrailDetectionTask(pipeBase.PipelineTask):
             rng = np.random.default_rng(self.config.seed)
             pixel_scores, pixel_labels = [], []
             for key in sorted(set(probabilities) & set(masks)):
-                probability = butlerQC.get(probabilities[key]).array
-                label = butlerQC.get(masks[key]).get("TRAIL")
+                probability = butlerQC.get(probabilities[key]).get().array
+                label = butlerQC.get(masks[key]).get().get("TRAIL")
                 scores, labels = sample_pixels(probability, label, self.config.pixels_per_image, rng)
                 pixel_scores.append(scores)
                 pixel_labels.append(labels)
