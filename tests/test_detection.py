@@ -244,6 +244,24 @@ class PostprocessTestCase(lsst.utils.tests.TestCase):
             fit_score_calibration(raw[:1], real[:1])
 
 
+class CalibrationTestCase(lsst.utils.tests.TestCase):
+    """The operating point chosen for a false-positive budget."""
+
+    def test_choose_min_score(self):
+        from lsst.trail_detect.detection.calibration import choose_min_score
+
+        scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.9, 0.95])
+        false = np.array([True, True, True, True, False, False, False])
+        # 4 false positives over 0.5 detectors = 8 per detector: within a budget of 10.
+        self.assertEqual(choose_min_score(scores, false, 0.5, 10.0), 0.0)
+        # A budget of 4 per detector allows 2 false positives: cut at 0.3.
+        self.assertEqual(choose_min_score(scores, false, 0.5, 4.0), 0.3)
+        # A budget of 0 removes every false positive.
+        self.assertEqual(choose_min_score(scores, false, 0.5, 0.0), 0.5)
+        with self.assertRaises(ValueError):
+            choose_min_score(scores, false, 0.0, 1.0)
+
+
 class ShippedModelTestCase(lsst.utils.tests.TestCase):
     """detect_trails with the model shipped in the package, on constructed images."""
 
