@@ -240,10 +240,8 @@ class DetectTrailsTask(pipeBase.PipelineTask):
         """
         import torch
 
-        from lsst.images import Image, Mask, MaskPlane, MaskSchema
-
         from ..imageutils import any_plane, mask_planes, pixel_to_sky_function, psf_sigma
-        from .detect import detect_trails, load_network
+        from .detect import DetectionResult, detect_trails, empty_trail_catalog, load_network
 
         if model.kind != "trail":
             raise ValueError(f"detectTrails needs a 'trail' model, got a {model.kind!r} model.")
@@ -271,6 +269,19 @@ class DetectTrailsTask(pipeBase.PipelineTask):
         def pixel_to_sky(x, y):
             return to_sky(np.asarray(x) + x0, np.asarray(y) + y0)
 
+        usable = ~bad & np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+        if not usable.any():
+            # A fully masked detector: nothing to search, which is a result, not an error.
+            self.log.warning("No usable pixel (all masked, NaN or with non-positive variance): no trails.")
+            result = DetectionResult(
+                catalog=empty_trail_catalog(c.keep_rejected),
+                probability=np.zeros(shape, dtype=np.float32),
+                mask=np.zeros(shape, dtype=bool),
+                rejected={},
+                timing={"normalization": 0.0, "inference": 0.0, "postprocess": 0.0},
+            )
+            result.catalog.meta["psf_sigma"] = float(sigma)
+            return self._package(result, exposure, model, threshold, sigma)
         network = load_network(model, c.device)
         result = detect_trails(
             image,
@@ -290,6 +301,14 @@ class DetectTrailsTask(pipeBase.PipelineTask):
             keep_rejected=c.keep_rejected,
             mask_nsigma=c.mask_nsigma,
         )
+        return self._package(result, exposure, model, threshold, sigma)
+
+    def _package(self, result, exposure, model, threshold, sigma) -> pipeBase.Struct:
+        """Turn a `~.detect.DetectionResult` into the task's outputs."""
+        from lsst.images import Image, Mask, MaskPlane, MaskSchema
+
+        c = self.config
+        x0, y0 = exposure.bbox.x.start, exposure.bbox.y.start
         catalog = result.catalog
         # Pixel columns in the image's parent coordinates, as Rubin catalogs are.
         for name in ("x", "x_start", "x_end"):
