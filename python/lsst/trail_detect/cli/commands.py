@@ -362,6 +362,12 @@ def _load_trail_model(model_path):
     help="Probability threshold (default: the model's operating threshold).",
 )
 @click.option(
+    "--min-score",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Lowest calibrated score kept (default: the model's, chosen for its false-positive budget).",
+)
+@click.option(
     "--threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default)."
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")

@@ -76,6 +76,8 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from .h5io import open_shard_file
+
 FORMAT_NAME = "lsst.trail_detect.tiles"
 """Value of the ``format`` root attribute of a tile shard."""
 
@@ -189,12 +191,10 @@ def check_disjoint_splits(paths: Iterable[str | os.PathLike]) -> dict[str, set[t
     ValueError
         If a shard lacks the columns or holds an unknown split name.
     """
-    import h5py
-
     seen: dict[tuple[int, int], dict[str, set[str]]] = {}
     for path in paths:
         path = os.fspath(path)
-        with h5py.File(path, "r") as f:
+        with open_shard_file(path) as f:
             visit, detector, split = _read_tile_splits(f, path)
             pairs = {(int(v), int(d), str(s)) for v, d, s in zip(visit, detector, split)}
             for key, name in _read_json_attr(f, "splits", path).items():
@@ -521,7 +521,7 @@ class TileDataset(torch.utils.data.Dataset):
         self._normalization: dict = {}
         self._attrs: dict[str, Any] = {}
         for i, path in enumerate(self._paths):
-            with h5py.File(path, "r") as f:
+            with open_shard_file(path) as f:
                 fmt = _decode(f.attrs.get("format"))
                 version = _decode(f.attrs.get("format_version"))
                 if fmt != FORMAT_NAME:

@@ -57,6 +57,8 @@ import numpy as np
 
 from lsst.daf.butler import FormatterV2
 
+from .h5io import open_shard_file
+
 FORMAT_NAME = "lsst.trail_detect.tiles"
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
@@ -211,10 +213,8 @@ def read_shard(path: str | os.PathLike, *, rows: np.ndarray | slice | None = Non
     ValueError
         If the file is not a tile shard of a supported version.
     """
-    import h5py
-
     path = Path(path)
-    with h5py.File(path, "r") as f:
+    with open_shard_file(path) as f:
         if f.attrs.get("format") != FORMAT_NAME:
             raise ValueError(f"{path} is not a {FORMAT_NAME} shard (format {f.attrs.get('format')!r}).")
         if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
