@@ -38,6 +38,7 @@ from lsst.trail_detect.evaluation.evaluate_stars import (
     EvaluateStarDetectorConnections,
     EvaluateStarDetectorTask,
 )
+from lsst.trail_detect.evaluation.metrics import wilson_interval
 from lsst.trail_detect.evaluation.stars import (
     classical_detections,
     completeness_crossing,
@@ -48,7 +49,6 @@ from lsst.trail_detect.evaluation.stars import (
     matching_radius,
     predict_star_maps,
     star_detection_metrics,
-    wilson_interval,
 )
 from lsst.trail_detect.models.networks import build_model, default_architecture
 from lsst.trail_detect.models.storage import TrailDetectorModel

@@ -43,7 +43,13 @@ from typing import Any
 
 import numpy as np
 
-from .detect import apply_score_calibration, detect_trails, fit_score_calibration, load_network
+from .detect import (
+    apply_score_calibration,
+    detect_trails,
+    fit_score_calibration,
+    load_network,
+    model_settings,
+)
 from .inference import InferenceSettings
 from .postprocess import PostprocessConfig
 
@@ -161,7 +167,9 @@ def calibrate_trail_model(
     network = (
         network if network is not None else load_network(model, (settings or InferenceSettings()).device)
     )
-    threshold = threshold if threshold is not None else model.threshold
+    settings_from_model = model_settings(model, threshold=threshold, min_score=0.0)
+    settings_from_model["score_calibration"] = None  # raw scores are what is calibrated
+    threshold = settings_from_model["threshold"]
     raw, real, false = [], [], []
     n_images = n_truth = n_matched = 0
     pixels = 0
@@ -171,8 +179,7 @@ def calibrate_trail_model(
             sample.variance,
             network=network,
             psf_sigma=sample.psf_sigma,
-            normalization=model.metadata.get("normalization"),
-            threshold=threshold,
+            **settings_from_model,
             bad=sample.bad,
             saturated=sample.saturated,
             no_data=sample.no_data,

@@ -36,6 +36,7 @@ __all__ = (
     "fit_score_calibration",
     "line_probability",
     "load_network",
+    "model_settings",
 )
 
 import dataclasses
@@ -166,6 +167,33 @@ def load_network(model, device: str = "auto"):
     network = model.build(device="cpu")
     network = prepare_for_inference(network, channels_last=torch_device.type == "cpu")
     return network.to(torch_device)
+
+
+def model_settings(model, *, threshold: float | None = None, min_score: float | None = None) -> dict:
+    """The `detect_trails` arguments a stored model carries (overridable).
+
+    Returns
+    -------
+    kwargs : `dict`
+        ``normalization``, ``threshold`` (the model's validated operating
+        threshold unless given), ``score_calibration`` and ``min_score``
+        (the model's, chosen for its false-positive budget, unless given;
+        0 if it has none).
+
+    Raises
+    ------
+    ValueError
+        If neither the model nor the caller gives a threshold.
+    """
+    threshold = threshold if threshold is not None else model.threshold
+    if threshold is None:
+        raise ValueError("the model has no operating threshold; give one.")
+    return {
+        "normalization": model.metadata.get("normalization"),
+        "threshold": float(threshold),
+        "score_calibration": model.metadata.get("score_calibration"),
+        "min_score": float(min_score if min_score is not None else model.metadata.get("min_score", 0.0)),
+    }
 
 
 def fit_score_calibration(score_raw: np.ndarray, is_real: np.ndarray, max_knots: int = 64) -> dict:

@@ -241,16 +241,15 @@ class DetectTrailsTask(pipeBase.PipelineTask):
         import torch
 
         from ..imageutils import any_plane, mask_planes, pixel_to_sky_function, psf_sigma
-        from .detect import DetectionResult, detect_trails, empty_trail_catalog, load_network
+        from .detect import DetectionResult, detect_trails, empty_trail_catalog, load_network, model_settings
 
         if model.kind != "trail":
             raise ValueError(f"detectTrails needs a 'trail' model, got a {model.kind!r} model.")
         c = self.config
         if c.threads > 0:
             torch.set_num_threads(c.threads)
-        threshold = c.threshold if c.threshold is not None else model.threshold
-        if threshold is None:
-            raise ValueError("the model has no operating threshold; set config.threshold.")
+        from_model = model_settings(model, threshold=c.threshold, min_score=c.min_score)
+        threshold = from_model["threshold"]
         image = exposure.image.array
         variance = exposure.variance.array
         shape = image.shape
@@ -288,13 +287,10 @@ class DetectTrailsTask(pipeBase.PipelineTask):
             variance,
             network=network,
             psf_sigma=sigma,
-            normalization=model.metadata.get("normalization"),
-            threshold=threshold,
+            **from_model,
             bad=bad,
             saturated=saturated,
             no_data=no_data,
-            score_calibration=model.metadata.get("score_calibration"),
-            min_score=c.min_score if c.min_score is not None else float(model.metadata.get("min_score", 0.0)),
             pixel_to_sky=pixel_to_sky if to_sky is not None else None,
             settings=InferenceSettings(**c.inference_settings_kwargs()),
             config=c.postprocess_config(threshold),

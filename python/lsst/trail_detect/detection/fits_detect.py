@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detect import DetectionResult, detect_trails
+from .detect import DetectionResult, detect_trails, model_settings
 from .fits_io import FitsImage, measure_psf_sigma, read_fits_image, robust_noise
 from .inference import InferenceSettings
 from .postprocess import PostprocessConfig
@@ -186,9 +186,7 @@ def detect_fits_file(
                 f"{source}: cannot measure the PSF width ({err}); give it with --psf-fwhm."
             ) from err
         psf_source = "measured from stars"
-    threshold = threshold if threshold is not None else model.threshold
-    if threshold is None:
-        raise ValueError("the model has no operating threshold; give one with --threshold.")
+    settings_from_model = model_settings(model, threshold=threshold, min_score=min_score)
     if network is None:
         network = load_network(model, (settings or InferenceSettings()).device)
     pixel_to_sky = None
@@ -205,13 +203,10 @@ def detect_fits_file(
         variance,
         network=network,
         psf_sigma=sigma,
-        normalization=model.metadata.get("normalization"),
-        threshold=threshold,
+        **settings_from_model,
         bad=fits_image.bad,
         saturated=fits_image.saturated,
         no_data=no_data,
-        score_calibration=model.metadata.get("score_calibration"),
-        min_score=min_score if min_score is not None else float(model.metadata.get("min_score", 0.0)),
         pixel_to_sky=pixel_to_sky,
         settings=settings,
         config=config,

@@ -61,7 +61,6 @@ __all__ = (
     "sample_map",
     "score_star_field",
     "star_detection_metrics",
-    "wilson_interval",
 )
 
 import contextlib
@@ -70,6 +69,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from .metrics import fit_completeness_curve, wilson_interval
 
 DEFAULT_SNR_EDGES = (
     *(1.0, 2.0, 3.0, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 8.0),
@@ -358,75 +359,29 @@ def match_points(
 # --- Metrics --------------------------------------------------------------------------------------
 
 
-def wilson_interval(k, n, z: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a binomial fraction ``k / n``.
-
-    Parameters
-    ----------
-    k, n : array-like
-        Successes and trials.
-    z : `float`, optional
-        Half-width in standard deviations (1: 68.3%, 1.96: 95%).
-
-    Returns
-    -------
-    low, high : `numpy.ndarray`
-        Bounds (NaN where ``n`` is 0).
-    """
-    k = np.asarray(k, dtype=float)
-    n = np.asarray(n, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = k / n
-        denominator = 1.0 + z**2 / n
-        centre = (p + z**2 / (2.0 * n)) / denominator
-        half = z * np.sqrt(p * (1.0 - p) / n + z**2 / (4.0 * n**2)) / denominator
-    low = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
-    high = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
-    return low, high
-
-
 def fit_completeness_probit(
     snr, detected, snr_range: tuple[float, float] = (0.5, 50.0)
 ) -> tuple[float, float] | None:
     """Fit ``C(nu) = Phi((nu - nu50) / width)`` to detected / missed stars.
 
-    Maximum likelihood on the individual stars (Bernoulli outcomes) with
-    ``snr_range[0] <= nu <= snr_range[1]``; the asymptotic completeness is
-    1, so in crowded fields, where bright blended stars are lost too, the
-    model-free `completeness_crossing` is the better summary.
-
-    Parameters
-    ----------
-    snr : array-like
-        True SNR of each star.
-    detected : array-like
-        Whether each star was detected.
-    snr_range : `tuple` [`float`, `float`], optional
-        Stars used in the fit.
+    `~.metrics.fit_completeness_curve` on the stars with ``snr_range[0] <=
+    nu <= snr_range[1]``; the asymptotic completeness is 1, so in crowded
+    fields, where bright blended stars are lost too, the model-free
+    `completeness_crossing` is the better summary.
 
     Returns
     -------
     fit : `tuple` [`float`, `float`] or `None`
-        ``(nu50, width)``; the 90% point is ``nu50 + 1.2816 width``. `None`
-        if fewer than 10 stars or no detected and missed star in range.
+        ``(nu50, width)``; `None` if fewer than 10 stars or no detected and
+        missed star in range.
     """
-    from scipy.optimize import minimize
-    from scipy.special import log_ndtr
-
     snr = np.asarray(snr, dtype=float)
     detected = np.asarray(detected, dtype=bool)
     sel = np.isfinite(snr) & (snr >= snr_range[0]) & (snr <= snr_range[1])
-    nu, hit = snr[sel], detected[sel]
-    if len(nu) < 10 or hit.all() or not hit.any():
+    fit = fit_completeness_curve(snr[sel], detected[sel])
+    if not np.isfinite(fit["nu50"]):
         return None
-
-    def negative_log_likelihood(p):
-        t = (nu - p[0]) / math.exp(p[1])
-        return -(log_ndtr(t[hit]).sum() + log_ndtr(-t[~hit]).sum())
-
-    start = [float(np.median(nu)), 0.0]
-    result = minimize(negative_log_likelihood, start, method="Nelder-Mead", options={"xatol": 1e-4})
-    return float(result.x[0]), float(math.exp(result.x[1]))
+    return float(fit["nu50"]), float(fit["width"])
 
 
 def completeness_crossing(snr, completeness, level: float) -> float | None:
