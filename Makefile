@@ -84,7 +84,7 @@ train-default: $(STAMP)
 	$(VENV)/bin/trail-detect export-model $(TRAIN_DIR)/repo $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors \
 	  --collections SimCam/runs/train_default/models
 	$(VENV)/bin/trail-detect calibrate $(TRAIN_DIR)/repo python/lsst/trail_detect/data/trail_detector_default.safetensors \
-	  --collections SimCam/runs/train_default/data --model $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors --threads 2
+	  --collections SimCam/runs/train_default/data --model $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors --method logistic --threads 2
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadscope --durations=15 tests

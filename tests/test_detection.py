@@ -229,10 +229,11 @@ class PostprocessTestCase(lsst.utils.tests.TestCase):
                 self.assertEqual(classify_candidate(c, SIGMA, config, saturated, blobs), reason)
 
     def test_score_calibration(self):
+        """Isotonic and logistic calibrations: scores match the observed fraction of real detections."""
         rng = np.random.default_rng(3)
         raw = rng.uniform(0, 1, 4000)
         real = rng.uniform(0, 1, 4000) < raw**2
-        calibration = fit_score_calibration(raw, real)
+        calibration = fit_score_calibration(raw, real, method="isotonic")
         self.assertLessEqual(len(calibration["raw"]), 64)
         self.assertTrue(np.all(np.diff(calibration["calibrated"]) >= 0))
         score = apply_score_calibration(raw, calibration)
@@ -241,7 +242,24 @@ class PostprocessTestCase(lsst.utils.tests.TestCase):
             self.assertAlmostEqual(float(real[sel].mean()), float(score[sel].mean()), delta=0.05)
         np.testing.assert_array_equal(apply_score_calibration(raw, None), raw)
         with self.assertRaises(ValueError):
-            fit_score_calibration(raw[:1], real[:1])
+            fit_score_calibration(raw[:1], real[:1], method="isotonic")
+        # Logistic: real detections are long, false ones short, whatever their probability.
+        length = np.exp(rng.uniform(np.log(4), np.log(100), 4000))
+        real = rng.uniform(0, 1, 4000) < 1 / (1 + np.exp(-3 * (np.log(length) - np.log(15))))
+        properties = {
+            "score_raw": raw,
+            "max_probability": np.clip(raw + 0.05, 0, 1),
+            "trail_length": length,
+            "snr": rng.uniform(5, 50, 4000),
+        }
+        calibration = fit_score_calibration(properties, real)
+        self.assertEqual(calibration["method"], "logistic")
+        score = apply_score_calibration(properties, calibration)
+        for lo, hi in ((0.1, 0.3), (0.4, 0.6), (0.8, 0.95)):
+            sel = (score >= lo) & (score < hi)
+            self.assertAlmostEqual(float(real[sel].mean()), float(score[sel].mean()), delta=0.06)
+        with self.assertRaisesRegex(ValueError, "properties"):
+            apply_score_calibration(raw, calibration)
 
 
 class CalibrationTestCase(lsst.utils.tests.TestCase):
@@ -286,8 +304,7 @@ class ShippedModelTestCase(lsst.utils.tests.TestCase):
             normalization=self.model.metadata["normalization"],
             threshold=self.model.threshold,
             score_calibration=self.model.metadata.get("score_calibration"),
-            settings=InferenceSettings(tile=256, overlap=32),
-            **kwargs,
+            **({"settings": InferenceSettings(tile=256, overlap=32)} | kwargs),
         )
 
     def test_bright_trail(self):
@@ -334,17 +351,30 @@ class ShippedModelTestCase(lsst.utils.tests.TestCase):
         self.assertFalse(result.mask.any())
 
     def test_tiled_matches_whole_frame(self):
-        """Tiled and whole-frame probabilities agree away from the image edges."""
+        """Tiled and whole-frame probabilities agree away from the image edges, and so do the trails.
+
+        Not to the last bit: the squeeze-excitation blocks average over the whole input, so a pixel's
+        probability depends a little on the tile it is seen in.
+        """
         from lsst.trail_detect.tiles.normalization import apply_normalization, fit_normalization
 
-        image = add_trail(star_field(seed=4), 50.0, 60.0, 400.0, 300.0, 12 * NOISE * 420)
+        image = add_trail(
+            star_field((768, 768), n_stars=90, seed=4), 50.0, 60.0, 700.0, 500.0, 12 * NOISE * 800
+        )
         norm = fit_normalization(image, method="robust")
         x = apply_normalization(image, norm)
-        whole = predict_probability(self.network, x, InferenceSettings(tile=512, overlap=0))
-        tiled = predict_probability(self.network, x, InferenceSettings(tile=256, overlap=64, batch_size=3))
+        whole = predict_probability(self.network, x, InferenceSettings(tile=768, overlap=0))
+        tiled = predict_probability(self.network, x, InferenceSettings(tile=512, overlap=64, batch_size=3))
         diff = np.abs(whole - tiled)[32:-32, 32:-32]
-        self.assertLess(float(diff.max()), 0.1)
-        self.assertLess(float(diff.mean()), 0.002)
+        self.assertLess(float(diff.mean()), 1e-3)
+        self.assertLess(float(np.percentile(diff, 99.9)), 0.1)
+        catalogs = [
+            self.detect(image, settings=InferenceSettings(tile=tile, overlap=overlap)).catalog
+            for tile, overlap in ((768, 0), (512, 64))
+        ]
+        self.assertEqual(len(catalogs[0]), len(catalogs[1]))
+        for a, b in zip(*catalogs):
+            self.assertLess(segment_errors(a, [b["x_start"], b["y_start"], b["x_end"], b["y_end"]])[0], 1.0)
 
     def test_bad_input(self):
         image = star_field(seed=5)

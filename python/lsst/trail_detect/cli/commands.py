@@ -464,10 +464,17 @@ def detect_fits(
     help="False positives allowed per 4k x 4k detector at the operating point (min_score).",
 )
 @click.option(
+    "--method",
+    type=click.Choice(["logistic", "isotonic"]),
+    default="logistic",
+    show_default=True,
+    help="Logistic regression on probability, length and SNR, or an isotonic map of the mean probability.",
+)
+@click.option(
     "--threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default)."
 )
 def calibrate(
-    repo, out, collections, model_path, model_collections, split, split_seed, where, max_fp, threads
+    repo, out, collections, model_path, model_collections, split, split_seed, where, max_fp, method, threads
 ):
     """Calibrate a trail model's scores on validation images and write it to OUT.
 
@@ -500,6 +507,7 @@ def calibrate(
             model,
             butler_samples(butler, split=split, split_seed=split_seed, where=where),
             max_fp_per_detector=max_fp,
+            method=method,
             provenance={"collections": collections, "split": split, "split_seed": split_seed},
         )
     except ValueError as err:

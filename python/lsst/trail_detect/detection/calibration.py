@@ -24,9 +24,12 @@
 The network's raw score (its mean probability along a detected segment)
 is not a probability that the detection is real. `calibrate_trail_model`
 runs the whole detection on validation images with injected trails,
-matches the detections to the truth by segment geometry, and fits an
-isotonic map from raw score to the fraction of real detections, so that a
-calibrated score of 0.9 means about 90% of such detections were real. It
+matches the detections to the truth by segment geometry, and fits the
+probability that a detection is real from its properties (a logistic
+regression on the network's mean and highest probability along the trail,
+its length and its matched-filter SNR; or an isotonic map of the mean
+probability alone), so that a calibrated score of 0.9 means about 90% of
+such detections were real. It
 also chooses ``min_score``: the lowest calibrated score at which the false
 positives per 4k x 4k-equivalent detector stay within a budget.
 """
@@ -44,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from .detect import (
+    SCORE_FEATURES,
     apply_score_calibration,
     detect_trails,
     fit_score_calibration,
@@ -132,6 +136,7 @@ def calibrate_trail_model(
     settings: InferenceSettings | None = None,
     config: PostprocessConfig | None = None,
     max_fp_per_detector: float = 10.0,
+    method: str = "logistic",
     provenance: dict | None = None,
 ):
     """Calibrate a trail model's scores on validation images with injected trails.
@@ -151,6 +156,10 @@ def calibrate_trail_model(
     max_fp_per_detector : `float`, optional
         False-positive budget per 4k x 4k-equivalent detector for
         ``min_score``.
+    method : `str`, optional
+        ``logistic`` (the network's mean and highest probability, length and
+        SNR) or ``isotonic`` (the mean probability alone); see
+        `~.detect.fit_score_calibration`.
     provenance : `dict`, optional
         Recorded with the calibration (e.g. the collections).
 
@@ -170,7 +179,8 @@ def calibrate_trail_model(
     settings_from_model = model_settings(model, threshold=threshold, min_score=0.0)
     settings_from_model["score_calibration"] = None  # raw scores are what is calibrated
     threshold = settings_from_model["threshold"]
-    raw, real, false = [], [], []
+    properties = {name: [] for name in SCORE_FEATURES}
+    real, false = [], []
     n_images = n_truth = n_matched = 0
     pixels = 0
     for sample in samples:
@@ -190,7 +200,8 @@ def calibrate_trail_model(
         match = match_trails(catalog, sample.truth, psf_sigma=sample.psf_sigma)
         status = np.asarray(match.det_status)
         keep = status != "fragment"  # fragments of a real trail are neither real nor false
-        raw.extend(np.asarray(catalog["score_raw"], dtype=float)[keep])
+        for name in SCORE_FEATURES:
+            properties[name].extend(np.asarray(catalog[name], dtype=float)[keep])
         real.extend((status == "matched")[keep])
         false.extend((status == "false_positive")[keep])
         n_images += 1
@@ -207,14 +218,15 @@ def calibrate_trail_model(
         )
     if n_images == 0:
         raise ValueError("no validation images to calibrate the scores on.")
-    raw, real, false = np.asarray(raw), np.asarray(real, dtype=bool), np.asarray(false, dtype=bool)
+    properties = {name: np.asarray(values, dtype=float) for name, values in properties.items()}
+    real, false = np.asarray(real, dtype=bool), np.asarray(false, dtype=bool)
     if real.sum() == 0 or false.sum() == 0:
         raise ValueError(
             f"score calibration needs both real and false detections; got {int(real.sum())} real and "
             f"{int(false.sum())} false over {n_images} images."
         )
-    calibration = fit_score_calibration(raw, real)
-    scores = apply_score_calibration(raw, calibration)
+    calibration = fit_score_calibration(properties, real, method=method)
+    scores = apply_score_calibration(properties, calibration)
     area_4k = pixels / DETECTOR_4K_PIXELS
     min_score = choose_min_score(scores, false, area_4k, max_fp_per_detector)
     above = scores >= min_score
@@ -223,7 +235,7 @@ def calibrate_trail_model(
         "area_4k_detectors": area_4k,
         "n_truth": n_truth,
         "n_matched": n_matched,
-        "n_detections": int(raw.size),
+        "n_detections": int(real.size),
         "n_false_positives": int(false.sum()),
         "false_positives_per_4k_detector": float(false.sum() / area_4k),
         "min_score": min_score,

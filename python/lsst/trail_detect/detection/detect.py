@@ -30,10 +30,12 @@ from __future__ import annotations
 __all__ = (
     "TRAIL_CATALOG_COLUMNS",
     "DetectionResult",
+    "SCORE_FEATURES",
     "apply_score_calibration",
     "detect_trails",
     "empty_trail_catalog",
     "fit_score_calibration",
+    "score_features",
     "line_probability",
     "load_network",
     "model_settings",
@@ -196,67 +198,168 @@ def model_settings(model, *, threshold: float | None = None, min_score: float | 
     }
 
 
-def fit_score_calibration(score_raw: np.ndarray, is_real: np.ndarray, max_knots: int = 64) -> dict:
-    """Fit an isotonic map from raw scores to the fraction of real detections.
+#: Detection properties the logistic score calibration uses, and how each enters it.
+SCORE_FEATURES = ("score_raw", "max_probability", "trail_length", "snr")
+
+
+def score_features(values: Any) -> np.ndarray:
+    """The (n, 4) feature matrix of the logistic calibration.
 
     Parameters
     ----------
-    score_raw : `numpy.ndarray`
-        Raw scores of detections on validation data.
+    values : `astropy.table.Table` or mapping
+        Columns `SCORE_FEATURES`: the logits of the mean and highest
+        network probability, log length and log matched-filter SNR.
+    """
+    eps = 1e-4
+
+    def logit(p):
+        p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
+        return np.log(p / (1 - p))
+
+    return np.column_stack(
+        [
+            logit(values["score_raw"]),
+            logit(values["max_probability"]),
+            np.log(np.clip(np.asarray(values["trail_length"], dtype=float), 1.0, None)),
+            np.log(np.clip(np.asarray(values["snr"], dtype=float), 0.5, None)),
+        ]
+    )
+
+
+def fit_score_calibration(
+    values: Any, is_real: np.ndarray, *, method: str = "logistic", l2: float = 1.0, max_knots: int = 64
+) -> dict:
+    """Fit a map from detection properties to the fraction of real detections.
+
+    Parameters
+    ----------
+    values : `numpy.ndarray`, `astropy.table.Table` or mapping
+        For ``isotonic``: the raw scores (or a table with ``score_raw``);
+        for ``logistic``: a table or mapping with the `SCORE_FEATURES`
+        columns.
     is_real : `numpy.ndarray`
-        Whether each detection matched an injected trail.
+        Whether each detection matched an injected trail (validation data).
+    method : `str`, optional
+        ``logistic``: L2-regularized logistic regression on the standardized
+        `score_features` (the network's mean and highest probability, the
+        length and the matched-filter SNR), whose output is the calibrated
+        score. ``isotonic``: a monotonic map of ``score_raw`` alone, stored
+        as at most ``max_knots`` knots interpolated linearly.
+    l2 : `float`, optional
+        Ridge penalty of the logistic fit (on standardized features).
     max_knots : `int`, optional
-        The map is stored as at most this many (raw, calibrated) knots,
-        interpolated linearly.
+        Knots of the isotonic map.
 
     Returns
     -------
     calibration : `dict`
-        ``method`` (``isotonic``), ``raw`` and ``calibrated`` (lists),
-        ``n`` (detections used) and ``n_real``.
+        JSON-able: ``method`` and its parameters, ``n`` (detections used)
+        and ``n_real``.
     """
-    from scipy.optimize import isotonic_regression
-
-    raw = np.asarray(score_raw, dtype=float)
     real = np.asarray(is_real, dtype=float)
-    if raw.shape != real.shape or raw.ndim != 1:
-        raise ValueError("score_raw and is_real must be 1-D arrays of one length.")
-    ok = np.isfinite(raw)
-    raw, real = raw[ok], real[ok]
-    if raw.size < 2:
-        raise ValueError(f"score calibration needs at least 2 detections, got {raw.size}.")
-    order = np.argsort(raw, kind="stable")
-    raw, real = raw[order], real[order]
-    fitted = isotonic_regression(real, increasing=True).x
-    # Knots: the mean raw score of each block of equal calibrated value.
-    edges = np.flatnonzero(np.diff(fitted) != 0) + 1
-    blocks = np.split(np.arange(raw.size), edges)
-    knots_raw = np.array([raw[b].mean() for b in blocks])
-    knots_cal = np.array([fitted[b[0]] for b in blocks])
-    if knots_raw.size > max_knots:
-        pick = np.unique(np.linspace(0, knots_raw.size - 1, max_knots).round().astype(int))
-        knots_raw, knots_cal = knots_raw[pick], knots_cal[pick]
+    if method == "isotonic":
+        from scipy.optimize import isotonic_regression
+
+        raw = np.asarray(
+            values if isinstance(values, np.ndarray | list) else values["score_raw"], dtype=float
+        )
+        if raw.shape != real.shape or raw.ndim != 1:
+            raise ValueError("score_raw and is_real must be 1-D arrays of one length.")
+        ok = np.isfinite(raw)
+        raw, real = raw[ok], real[ok]
+        if raw.size < 2:
+            raise ValueError(f"score calibration needs at least 2 detections, got {raw.size}.")
+        order = np.argsort(raw, kind="stable")
+        raw, real = raw[order], real[order]
+        fitted = isotonic_regression(real, increasing=True).x
+        # Knots: the mean raw score of each block of equal calibrated value.
+        edges = np.flatnonzero(np.diff(fitted) != 0) + 1
+        blocks = np.split(np.arange(raw.size), edges)
+        knots_raw = np.array([raw[b].mean() for b in blocks])
+        knots_cal = np.array([fitted[b[0]] for b in blocks])
+        if knots_raw.size > max_knots:
+            pick = np.unique(np.linspace(0, knots_raw.size - 1, max_knots).round().astype(int))
+            knots_raw, knots_cal = knots_raw[pick], knots_cal[pick]
+        return {
+            "method": "isotonic",
+            "raw": [float(v) for v in knots_raw],
+            "calibrated": [float(v) for v in knots_cal],
+            "n": int(raw.size),
+            "n_real": int(real.sum()),
+        }
+    if method != "logistic":
+        raise ValueError(f"unknown score calibration method {method!r}.")
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    x = score_features(values)
+    if x.shape[0] != real.size:
+        raise ValueError("the detection properties and is_real differ in length.")
+    ok = np.all(np.isfinite(x), axis=1)
+    x, real = x[ok], real[ok]
+    if real.size < 2 or real.sum() == 0 or real.sum() == real.size:
+        raise ValueError(
+            f"score calibration needs real and false detections, got {int(real.sum())} of {real.size} real."
+        )
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    z = (x - mean) / scale
+
+    def loss(params):
+        w, b = params[:-1], params[-1]
+        t = z @ w + b
+        value = -np.sum(real * log_expit(t) + (1 - real) * log_expit(-t)) + 0.5 * l2 * np.sum(w * w)
+        p = expit(t)
+        grad_w = z.T @ (p - real) + l2 * w
+        return value, np.append(grad_w, np.sum(p - real))
+
+    result = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="BFGS")
     return {
-        "method": "isotonic",
-        "raw": [float(v) for v in knots_raw],
-        "calibrated": [float(v) for v in knots_cal],
-        "n": int(raw.size),
+        "method": "logistic",
+        "features": list(SCORE_FEATURES),
+        "mean": [float(v) for v in mean],
+        "scale": [float(v) for v in scale],
+        "coef": [float(v) for v in result.x[:-1]],
+        "intercept": float(result.x[-1]),
+        "l2": float(l2),
+        "n": int(real.size),
         "n_real": int(real.sum()),
     }
 
 
-def apply_score_calibration(score_raw: np.ndarray, calibration: Mapping[str, Any] | None) -> np.ndarray:
-    """Map raw scores through a calibration from `fit_score_calibration` (identity if None)."""
-    raw = np.asarray(score_raw, dtype=float)
+def apply_score_calibration(values: Any, calibration: Mapping[str, Any] | None) -> np.ndarray:
+    """Calibrated scores from a calibration of `fit_score_calibration`.
+
+    Parameters
+    ----------
+    values : `numpy.ndarray`, `astropy.table.Table` or mapping
+        Raw scores, or a table or mapping with the `SCORE_FEATURES`
+        columns (needed by a logistic calibration).
+    calibration : `dict` or `None`
+        Without one, the raw scores are returned.
+    """
+    if isinstance(values, np.ndarray | list | tuple):
+        raw = np.asarray(values, dtype=float)
+    else:
+        raw = np.asarray(values["score_raw"], dtype=float)
     if not calibration:
         return raw.copy()
-    if calibration.get("method") != "isotonic":
-        raise ValueError(f"unknown score calibration method {calibration.get('method')!r}.")
-    knots_raw = np.asarray(calibration["raw"], dtype=float)
-    knots_cal = np.asarray(calibration["calibrated"], dtype=float)
-    if knots_raw.size == 0 or knots_raw.size != knots_cal.size:
-        raise ValueError("score calibration has no knots or mismatched knot lists.")
-    return np.interp(raw, knots_raw, knots_cal)
+    method = calibration.get("method")
+    if method == "isotonic":
+        knots_raw = np.asarray(calibration["raw"], dtype=float)
+        knots_cal = np.asarray(calibration["calibrated"], dtype=float)
+        if knots_raw.size == 0 or knots_raw.size != knots_cal.size:
+            raise ValueError("score calibration has no knots or mismatched knot lists.")
+        return np.interp(raw, knots_raw, knots_cal)
+    if method == "logistic":
+        from scipy.special import expit
+
+        if isinstance(values, np.ndarray | list | tuple):
+            raise ValueError("a logistic score calibration needs the detections' properties, not raw scores.")
+        z = (score_features(values) - np.asarray(calibration["mean"])) / np.asarray(calibration["scale"])
+        return expit(z @ np.asarray(calibration["coef"]) + calibration["intercept"])
+    raise ValueError(f"unknown score calibration method {method!r}.")
 
 
 def line_probability(candidate: TrailCandidate, probability: np.ndarray, good: np.ndarray) -> float:
@@ -426,7 +529,13 @@ def detect_trails(
         fitted.score_raw = line_probability(fitted, probability, good)
         fitted.rejected = classify_candidate(fitted, psf_sigma, config, saturated, blobs)
         if not fitted.rejected and min_score > 0:
-            if apply_score_calibration(np.array([fitted.score_raw]), score_calibration)[0] < min_score:
+            properties = {
+                "score_raw": [fitted.score_raw],
+                "max_probability": [fitted.max_probability],
+                "trail_length": [fitted.length],
+                "snr": [fitted.snr],
+            }
+            if apply_score_calibration(properties, score_calibration)[0] < min_score:
                 fitted.rejected = "low_score"
         if fitted.rejected:
             reasons[fitted.rejected] += 1
@@ -484,7 +593,7 @@ def detect_trails(
             filled[name].unit = unit
             filled[name].description = description
         catalog = filled
-        catalog["score"] = apply_score_calibration(np.asarray(catalog["score_raw"]), score_calibration)
+        catalog["score"] = apply_score_calibration(catalog, score_calibration)
         if pixel_to_sky is not None:
             for suffix, xs, ys in (
                 ("", "x", "y"),
