@@ -91,21 +91,27 @@ def trail_detect(*args, check=True):
     return run([_exe("trail-detect"), *args], check=check)
 
 
-def modified_visit_image(image, *, pixels=None, variance=None, mask_all=None, wcs=True):
-    """A copy of a VisitImage with replaced arrays (and optionally no WCS)."""
+def modified_visit_image(
+    image, *, pixels=None, variance=None, mask_all=None, wcs=True, psf=None, summary_stats=True, unit=None
+):
+    """A copy of a VisitImage with replaced arrays, PSF, summary statistics or unit."""
     from lsst.images import Image, VisitImage
 
     mask = image.mask.copy()
     if mask_all is not None:
         mask.set(mask_all, np.ones(mask.array.shape[:2], dtype=bool))
     return VisitImage(
-        Image(image.image.array.copy() if pixels is None else pixels, bbox=image.bbox, unit=image.unit),
+        Image(
+            image.image.array.copy() if pixels is None else pixels,
+            bbox=image.bbox,
+            unit=image.unit if unit is None else unit,
+        ),
         mask=mask,
         variance=Image(image.variance.array.copy() if variance is None else variance, bbox=image.bbox),
         sky_projection=image.sky_projection if wcs else None,
         obs_info=image.obs_info,
-        summary_stats=image.summary_stats,
-        psf=image.psf,
+        summary_stats=image.summary_stats if summary_stats else None,
+        psf=image.psf if psf is None else psf,
         detector=image.detector,
         band=image.band,
         metadata=dict(image.metadata),
@@ -236,6 +242,44 @@ class ReliabilityTestCase(lsst.utils.tests.TestCase):
         self.assertGreaterEqual(len(catalog), 1)
         self.assertTrue(np.all(np.isnan(catalog["ra"])))
         self.assertTrue(np.all(np.isfinite(catalog["x_start"])))
+
+    def test_broken_psf_and_unknown_units(self):
+        """An unreadable PSF: psfSigma is used, or a clear error without it; non-nJy images are refused."""
+        import astropy.units as u
+
+        from lsst.images.serialization import ArchiveReadError
+        from lsst.trail_detect.detection.detect_trails import DetectTrailsConfig, DetectTrailsTask
+        from lsst.trail_detect.models.storage import TrailDetectorModel
+        from lsst.trail_detect.paths import default_model_path
+
+        # A PSF the reader could not rebuild comes back as an ArchiveReadError in its place (such an image
+        # cannot be written back, so the task is run directly on it).
+        image = self.butler.get(self.refs[0])
+        broken = ArchiveReadError("PSF archive entry is corrupt")
+        model = TrailDetectorModel.load(default_model_path())
+        config = DetectTrailsConfig()
+        config.threads = 1
+        task = DetectTrailsTask(config=config)
+        result = task.run(modified_visit_image(image, psf=broken), model)
+        self.assertEqual(result.catalog.meta["psf_sigma"], float(image.summary_stats.psfSigma))
+        with self.assertRaisesRegex(ValueError, "PSF that could not be read"):
+            task.run(modified_visit_image(image, psf=broken, summary_stats=False), model)
+        # Injection needs nJy (its magnitudes are AB).
+        ref = self.refs[0]
+        self.put("visit_image", modified_visit_image(image, unit=u.adu), "u/test/input_adu", ref.dataId)
+        query = f"instrument = 'SimCam' AND detector = {ref.dataId['detector']}"
+        proc = pipetask(
+            self.repo,
+            "InjectTrails.yaml",
+            "u/test/input_adu,SimCam/defaults",
+            "u/test/inject_adu",
+            "-d",
+            query,
+            check=False,
+        )
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("not nJy", proc.stderr + proc.stdout)
+        self.assertEqual(self.outputs("u/test/inject_adu", "injected_visit_image"), [])
 
     def test_catalog_missing_column_and_nan(self):
         """injectTrails refuses a catalog without 'beta' or with NaN lengths; nothing is registered."""

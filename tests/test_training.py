@@ -205,6 +205,71 @@ class TrainingLoopTestCase(lsst.utils.tests.TestCase):
         self.assertEqual([h["epoch"] for h in resumed.history], [0, 1, 2])
         self.assertEqual(resumed.history[:2], first.history)
 
+    def test_killed_training_resumes(self):
+        """A `trail-detect train` process killed mid-run continues from its checkpoint with --resume."""
+        import json
+        import signal
+
+        exe = Path(sys.executable).parent / "trail-detect"
+        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "lsst.trail_detect.cli.trail_detect"]
+        ckpt = Path(self.tmp, "ckpt_killed")
+        out = Path(self.tmp, "killed.safetensors")
+        settings = {
+            "architecture": TINY_TRAIL,
+            "samples_per_epoch": 32,
+            "threads": 1,
+            "progress": False,
+            "patience": 10,
+            "learning_rate": 1e-2,
+        }
+        args = command + [
+            "train",
+            *map(str, self.paths),
+            "--out",
+            str(out),
+            "--epochs",
+            "5",
+            "--seed",
+            "3",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--config",
+            json.dumps(settings),
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("epoch 2/5"):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=120)
+        self.assertTrue(any(line.startswith("epoch 2/5") for line in seen), "".join(seen))
+        self.assertFalse(out.exists())
+        self.assertTrue((ckpt / "checkpoint.safetensors").exists())
+        resumed = subprocess.run(
+            args + ["--resume"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            timeout=600,
+        )
+        self.assertEqual(resumed.returncode, 0, resumed.stdout + resumed.stderr)
+        self.assertIn("resumed", resumed.stdout)
+        self.assertNotIn("epoch 1/5", resumed.stdout)
+        self.assertIn("epoch 5/5", resumed.stdout)
+        self.assertTrue(out.exists())
+
     def test_refuses_missing_validation(self):
         from lsst.trail_detect.training.loop import train
 

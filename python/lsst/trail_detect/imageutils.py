@@ -59,12 +59,20 @@ def psf_sigma(visit_image) -> float:
     A Gaussian model gives its sigma; any other model falls back to the
     ``psfSigma`` summary statistic, as the stack records it.
     """
-    sigma = getattr(visit_image.psf, "sigma", None)
-    if sigma is not None:
+    try:
+        psf = visit_image.psf
+    except Exception as err:  # The reader keeps an unreadable PSF as an error raised on access.
+        psf = err
+    sigma = None if isinstance(psf, Exception) else getattr(psf, "sigma", None)
+    if sigma is not None and np.isfinite(sigma) and sigma > 0:
         return float(sigma)
-    value = float(visit_image.summary_stats.psfSigma)
+    stats = visit_image.summary_stats
+    value = float(getattr(stats, "psfSigma", np.nan)) if stats is not None else np.nan
     if not np.isfinite(value) or value <= 0:
-        raise ValueError("the visit image has neither a Gaussian PSF model nor a psfSigma summary statistic.")
+        problem = "no Gaussian PSF model"
+        if isinstance(psf, Exception):
+            problem = f"a PSF that could not be read ({psf})"
+        raise ValueError(f"the visit image has {problem} and no usable psfSigma summary statistic.")
     return value
 
 

@@ -168,6 +168,13 @@ class InjectTrailsTask(pipeBase.PipelineTask):
         image = input_exposure.image.array
         variance = input_exposure.variance.array
         sigma = psf_sigma(input_exposure)
+        import astropy.units as u
+
+        if input_exposure.unit is None or input_exposure.unit != u.nJy:
+            raise ValueError(
+                f"{input_name} is in {input_exposure.unit!s}, not nJy: the trail magnitudes are AB, so "
+                "the image must be calibrated to nJy."
+            )
         scale = self._nJy_per_electron(input_exposure, fit_nJy_per_electron)
         psf_at = self._psf_factory(input_exposure, conditions)
         result = inject_trails(
