@@ -46,7 +46,7 @@ demo: $(STAMP)
 	@echo "== 2/3 Main job: pipelines/EndToEnd.yaml (injection with truth, stack-like detection, training tiles, CNN detection, evaluation)"
 	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(DEMO_DIR)/repo -i SimCam/runs/survey,SimCam/defaults \
 	  -o SimCam/runs/end_to_end -p pipelines/EndToEnd.yaml --register-dataset-types -j $(JOBS) \
-	  2>&1 | grep --line-buffered -E "Executed|Injected|Drew|tiles \(|Found [0-9]+ trails|ERROR|rror:"
+	  2>&1 | grep --line-buffered -E "Executed|Injected [0-9]|Drew|tiles \(|Found [0-9]+ trails|Goals met|ERROR|rror:"
 	@echo "== 3/3 Star-field pretraining sets: pipelines/StarPretraining.yaml"
 	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(DEMO_DIR)/repo -i SimCam/defaults \
 	  -o SimCam/runs/star_pretraining -p pipelines/StarPretraining.yaml --register-dataset-types -j $(JOBS) \

@@ -53,6 +53,7 @@ __all__ = (
     "completeness_crossing",
     "crowded_fields",
     "detect_stars",
+    "detect_stars_hybrid",
     "field_density",
     "fit_completeness_probit",
     "match_points",
@@ -208,10 +209,74 @@ def detect_stars(
     """
     from ..tiles.star_targets import decode_star_targets
 
+    if (
+        type(network).__name__ == "HybridStarDetector"
+        or getattr(network, "architecture", {}).get("name") == "HybridStarDetector"
+    ):
+        return detect_stars_hybrid(network, normalized_image, threshold=threshold)
     heat, offset = predict_star_maps(
         network, normalized_image, tile=tile, overlap=overlap, batch_size=batch_size
     )
     return decode_star_targets(heat, offset, threshold=threshold, window=window)
+
+
+def detect_stars_hybrid(
+    network: Any, normalized_image: np.ndarray, threshold: float = 0.3, tile: int = 256, overlap: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Find stars with the hybrid detector: its re-scored candidates, tile by tile.
+
+    The transformer re-scores the ``top_k`` heatmap peaks of each tile (the
+    image alone goes in); a candidate is kept if its refined probability
+    reaches ``threshold`` and it lies in the part of its tile no other tile
+    covers better (the central region of overlapping tiles), so each star is
+    reported once.
+
+    Returns
+    -------
+    x, y, score : `numpy.ndarray`
+        Positions (array pixels) by decreasing score, and the refined
+        probabilities.
+    """
+    import torch
+
+    from ..tiles.tiling import tile_origins
+
+    image = np.asarray(normalized_image, dtype=np.float32)
+    height, width = image.shape
+    th, tw = min(tile, height), min(tile, width)
+    ys = tile_origins(height, th, overlap) if height > th else np.array([0])
+    xs = tile_origins(width, tw, overlap) if width > tw else np.array([0])
+
+    def core(starts, size, length):
+        # Each pixel belongs to the tile whose centre is nearest.
+        centres = np.asarray(starts) + size / 2
+        bounds = np.concatenate([[-np.inf], (centres[1:] + centres[:-1]) / 2, [np.inf]])
+        return bounds
+
+    ybounds, xbounds = core(ys, th, height), core(xs, tw, width)
+    out_x, out_y, out_s = [], [], []
+    device = next(network.parameters()).device
+    with torch.inference_mode():
+        for i, y0 in enumerate(ys):
+            for j, x0 in enumerate(xs):
+                x_in = torch.from_numpy(image[y0 : y0 + th, x0 : x0 + tw][None, None].copy()).to(device)
+                result = network(x_in)
+                prob = torch.sigmoid(result["candidate_logits"][0].float()).cpu().numpy()
+                xy = (result["candidates"][0] + result["candidate_offset"][0]).float().cpu().numpy()
+                px, py = xy[:, 0] + x0, xy[:, 1] + y0
+                keep = (
+                    (prob >= threshold)
+                    & (py >= ybounds[i])
+                    & (py < ybounds[i + 1])
+                    & (px >= xbounds[j])
+                    & (px < xbounds[j + 1])
+                )
+                out_x.append(px[keep])
+                out_y.append(py[keep])
+                out_s.append(prob[keep])
+    x, y, score = (np.concatenate(v) if v else np.zeros(0) for v in (out_x, out_y, out_s))
+    order = np.argsort(-score, kind="stable")
+    return x[order].astype(float), y[order].astype(float), score[order].astype(float)
 
 
 def classical_detections(

@@ -49,6 +49,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -446,12 +447,22 @@ class StarDetectionLoss(nn.Module):
     scalar total; `last_terms` holds the terms and total as floats.
     """
 
-    def __init__(self, heatmap: float = 1.0, offset: float = 1.0, alpha: float = 2.0, beta: float = 4.0):
+    def __init__(
+        self,
+        heatmap: float = 1.0,
+        offset: float = 1.0,
+        alpha: float = 2.0,
+        beta: float = 4.0,
+        candidate: float = 1.0,
+        candidate_radius: float = 1.5,
+    ):
         super().__init__()
-        if not (heatmap >= 0 and offset >= 0) or heatmap == offset == 0:
+        if not (heatmap >= 0 and offset >= 0 and candidate >= 0) or heatmap == offset == 0:
             raise ValueError(f"loss weights must be non-negative, not both 0: {heatmap}, {offset}.")
         self.heatmap = float(heatmap)
         self.offset = float(offset)
+        self.candidate = float(candidate)
+        self.candidate_radius = float(candidate_radius)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.last_terms: dict[str, float] = {}
@@ -467,7 +478,14 @@ class StarDetectionLoss(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """Return the constructor arguments as a JSON-able dict."""
-        return {"heatmap": self.heatmap, "offset": self.offset, "alpha": self.alpha, "beta": self.beta}
+        return {
+            "heatmap": self.heatmap,
+            "offset": self.offset,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "candidate": self.candidate,
+            "candidate_radius": self.candidate_radius,
+        }
 
     def forward(
         self,
@@ -490,9 +508,41 @@ class StarDetectionLoss(nn.Module):
                 mask = mask * _align(weight, offset[:, :1], "weight")
             terms["offset"] = offset_l1_loss(offset, targets["offset"], mask)
             total = total + self.offset * terms["offset"]
+        if self.candidate > 0 and "candidate_logits" in output:
+            # The hybrid detector's re-scored candidates: each is real if a true star (the peaks of the
+            # target heatmap plus their offsets) lies within candidate_radius; the refined offset is fitted
+            # on the real ones.
+            from ..models.networks import loss_targets_for_candidates
+
+            truth = _target_positions(targets["heatmap"], targets["offset"])
+            labels, offset_targets = loss_targets_for_candidates(
+                output["candidates"], truth, radius=self.candidate_radius
+            )
+            logits = output["candidate_logits"].float()
+            terms["candidate"] = F.binary_cross_entropy_with_logits(logits, labels.to(logits))
+            refined = output["candidate_offset"].float()
+            if labels.sum() > 0:
+                error = refined - offset_targets.to(refined)
+                terms["candidate_offset"] = (error.abs().sum(-1) * labels).sum() / labels.sum()
+            else:
+                terms["candidate_offset"] = refined.sum() * 0.0
+            total = total + self.candidate * (terms["candidate"] + terms["candidate_offset"])
         self.last_terms = {name: float(value.detach()) for name, value in terms.items()}
         self.last_terms["total"] = float(total.detach())
         return total
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config().items())
+
+
+def _target_positions(heatmap: torch.Tensor, offset: torch.Tensor) -> list[np.ndarray]:
+    """True star positions ``(M, 2)`` per image: target heatmap peaks (value 1) plus their offsets."""
+    heat = heatmap.detach().reshape(heatmap.shape[0], -1, *heatmap.shape[-2:])[:, 0]
+    off = offset.detach().float()
+    out = []
+    for i in range(heat.shape[0]):
+        ys, xs = torch.nonzero(heat[i] >= 0.999, as_tuple=True)
+        dx = off[i, 0, ys, xs]
+        dy = off[i, 1, ys, xs]
+        out.append(torch.stack([xs.float() + dx, ys.float() + dy], dim=-1).cpu().numpy())
+    return out
