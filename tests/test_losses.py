@@ -328,6 +328,47 @@ class StarLossTestCase(lsst.utils.tests.TestCase):
             StarDetectionLoss.from_config({"size": 1.0})
 
 
+class HybridCandidateLossTestCase(lsst.utils.tests.TestCase):
+    def test_candidate_head_learns(self):
+        """The hybrid detector's candidate terms enter the loss and fall with a few steps of training."""
+        import numpy as np
+        import torch
+
+        from lsst.trail_detect.models.networks import build_model, default_architecture
+        from lsst.trail_detect.tiles.star_targets import star_targets
+        from lsst.trail_detect.training.losses import StarDetectionLoss
+
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        size = 64
+        xs, ys = rng.uniform(5, 59, 8), rng.uniform(5, 59, 8)
+        targets = star_targets(xs, ys, (size, size), sigma=1.5)
+        yy, xx = np.mgrid[:size, :size]
+        image = sum(20 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5**2)) for x, y in zip(xs, ys))
+        image = image + rng.normal(0, 1, (size, size))
+        x = torch.tensor(image[None, None], dtype=torch.float32).repeat(2, 1, 1, 1)
+        tgt = {
+            k: torch.tensor(np.asarray(v)[None]).repeat(2, *([1] * np.asarray(v).ndim))
+            for k, v in targets.items()
+            if k != "selected"
+        }
+        model = build_model(
+            default_architecture("hybrid", "compact", top_k=16, base_channels=8, blocks=[1, 1, 1, 1])
+        )
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        loss_fn = StarDetectionLoss()
+        history = []
+        for _ in range(25):
+            loss = loss_fn(model(x), tgt)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            history.append(dict(loss_fn.last_terms))
+        self.assertIn("candidate", history[0])
+        self.assertLess(history[-1]["candidate"], history[0]["candidate"])
+        self.assertLess(history[-1]["candidate_offset"], history[0]["candidate_offset"])
+
+
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
 
