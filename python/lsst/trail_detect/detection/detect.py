@@ -38,6 +38,7 @@ __all__ = (
     "score_features",
     "line_probability",
     "load_network",
+    "trail_catalog_from_rows",
     "model_settings",
 )
 
@@ -134,14 +135,24 @@ class DetectionResult:
 
 def empty_trail_catalog(keep_rejected: bool = False):
     """Return a zero-row trail catalog with every column and unit."""
+    return trail_catalog_from_rows([], keep_rejected)
+
+
+def trail_catalog_from_rows(rows: list[dict], keep_rejected: bool = False):
+    """Make a trail catalog with the `TRAIL_CATALOG_COLUMNS` from row dicts.
+
+    Columns a row lacks (the sky coordinates) are NaN; ``rejected`` is kept
+    only with ``keep_rejected``.
+    """
     from astropy.table import Column, Table
 
     table = Table()
     for name, (dtype, unit, description) in TRAIL_CATALOG_COLUMNS.items():
         if name == "rejected" and not keep_rejected:
             continue
+        values = [row.get(name, np.nan) for row in rows]
         table[name] = Column(
-            np.zeros(0, dtype=dtype if dtype is not str else "U16"), unit=unit, description=description
+            np.asarray(values, dtype=dtype if dtype is not str else "U16"), unit=unit, description=description
         )
     return table
 
@@ -463,8 +474,6 @@ def detect_trails(
     -------
     result : `DetectionResult`
     """
-    from astropy.table import Table
-
     config = dataclasses.replace(config) if config is not None else PostprocessConfig()
     if threshold is not None:
         config.threshold = float(threshold)
@@ -582,17 +591,8 @@ def detect_trails(
                 "rejected": c.rejected,
             }
         )
-    catalog = empty_trail_catalog(keep_rejected)
+    catalog = trail_catalog_from_rows(rows, keep_rejected)
     if rows:
-        columns = {name: [row[name] for row in rows] for name in catalog.colnames if name in rows[0]}
-        filled = Table()
-        for name in catalog.colnames:
-            values = columns.get(name, [np.nan] * len(rows))
-            dtype, unit, description = TRAIL_CATALOG_COLUMNS[name]
-            filled[name] = np.asarray(values, dtype=dtype if dtype is not str else "U16")
-            filled[name].unit = unit
-            filled[name].description = description
-        catalog = filled
         catalog["score"] = apply_score_calibration(catalog, score_calibration)
         if pixel_to_sky is not None:
             for suffix, xs, ys in (
