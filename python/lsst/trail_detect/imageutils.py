@@ -23,7 +23,16 @@
 
 from __future__ import annotations
 
-__all__ = ("any_plane", "mask_planes", "pixel_to_sky_function", "psf_sigma", "sky_to_pixel_function")
+__all__ = (
+    "PIXEL_X_COLUMNS",
+    "PIXEL_Y_COLUMNS",
+    "any_plane",
+    "mask_planes",
+    "pixel_to_sky_function",
+    "psf_sigma",
+    "shift_pixel_columns",
+    "sky_to_pixel_function",
+)
 
 import numpy as np
 
@@ -88,3 +97,24 @@ def any_plane(planes: dict[str, np.ndarray], names, shape: tuple[int, int]) -> n
         if name in planes:
             out |= planes[name]
     return out
+
+
+#: Pixel-coordinate columns of the package's catalogs (trails, truth, sources).
+PIXEL_X_COLUMNS = ("x", "x_start", "x_end", "x_start_clipped", "x_end_clipped", "slot_Centroid_x")
+PIXEL_Y_COLUMNS = ("y", "y_start", "y_end", "y_start_clipped", "y_end_clipped", "slot_Centroid_y")
+
+
+def shift_pixel_columns(table, dx: float, dy: float):
+    """Return a copy of a catalog with ``dx`` and ``dy`` added to its pixel columns.
+
+    Moves catalogs between an image's parent coordinates (those of Rubin
+    catalogs) and 0-based array indices: pass ``-x0, -y0`` of the image's
+    bounding box to go to array indices, ``x0, y0`` to come back. Columns a
+    catalog lacks are skipped.
+    """
+    table = table.copy()
+    for names, shift in ((PIXEL_X_COLUMNS, dx), (PIXEL_Y_COLUMNS, dy)):
+        for name in names:
+            if name in table.colnames:
+                table[name] = table[name] + shift
+    return table

@@ -273,7 +273,7 @@ def butler_samples(
     (`~lsst.trail_detect.tiles.tiling.assign_split` with the same fractions
     and seed), so validation images are never training images.
     """
-    from ..imageutils import any_plane, mask_planes, psf_sigma
+    from ..imageutils import any_plane, mask_planes, psf_sigma, shift_pixel_columns
     from ..tiles.tiling import assign_split
 
     refs = sorted(
@@ -288,14 +288,7 @@ def butler_samples(
         truth = butler.get(truth_type, ref.dataId)
         shape = exposure.image.array.shape
         planes = mask_planes(exposure)
-        x0, y0 = exposure.bbox.x.start, exposure.bbox.y.start
-        truth = truth.copy()
-        for name in ("x_start", "x_end", "x_start_clipped", "x_end_clipped"):
-            if name in truth.colnames:
-                truth[name] = truth[name] - x0
-        for name in ("y_start", "y_end", "y_start_clipped", "y_end_clipped"):
-            if name in truth.colnames:
-                truth[name] = truth[name] - y0
+        truth = shift_pixel_columns(truth, -exposure.bbox.x.start, -exposure.bbox.y.start)
         yield CalibrationSample(
             image=exposure.image.array,
             variance=exposure.variance.array,

@@ -304,13 +304,10 @@ class DetectTrailsTask(pipeBase.PipelineTask):
         from lsst.images import Image, Mask, MaskPlane, MaskSchema
 
         c = self.config
-        x0, y0 = exposure.bbox.x.start, exposure.bbox.y.start
-        catalog = result.catalog
+        from ..imageutils import shift_pixel_columns
+
         # Pixel columns in the image's parent coordinates, as Rubin catalogs are.
-        for name in ("x", "x_start", "x_end"):
-            catalog[name] += x0
-        for name in ("y", "y_start", "y_end"):
-            catalog[name] += y0
+        catalog = shift_pixel_columns(result.catalog, exposure.bbox.x.start, exposure.bbox.y.start)
         catalog.meta["model_sha256"] = model.sha256
         n_kept = int(np.sum(catalog["rejected"] == "")) if "rejected" in catalog.colnames else len(catalog)
         self.log.info(

@@ -91,7 +91,7 @@ class DetectTrailsHoughTask(pipeBase.PipelineTask):
             ``catalog`` (`astropy.table.Table`, pixel coordinates in the
             image's parent frame).
         """
-        from ..imageutils import any_plane, mask_planes, psf_sigma
+        from ..imageutils import any_plane, mask_planes, psf_sigma, shift_pixel_columns
         from ..simulation.stack_detection import psf_filter_snr
         from .hough import HoughConfig, hough_trails
 
@@ -109,10 +109,6 @@ class DetectTrailsHoughTask(pipeBase.PipelineTask):
             if name in fields:
                 setattr(config, name, getattr(c, name))
         catalog = hough_trails(detected, image, variance, psf_sigma=sigma, bad=bad, config=config)
-        x0, y0 = exposure.bbox.x.start, exposure.bbox.y.start
-        for name in ("x", "x_start", "x_end"):
-            catalog[name] += x0
-        for name in ("y", "y_start", "y_end"):
-            catalog[name] += y0
+        catalog = shift_pixel_columns(catalog, exposure.bbox.x.start, exposure.bbox.y.start)
         self.log.info("Hough baseline found %d trails.", len(catalog))
         return pipeBase.Struct(catalog=catalog)

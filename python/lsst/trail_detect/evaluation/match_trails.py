@@ -318,28 +318,16 @@ class MatchTrailsTask(pipeBase.PipelineTask):
         result : `lsst.pipe.base.Struct`
             ``matches`` (`astropy.table.Table`).
         """
-        from ..imageutils import psf_sigma, sky_to_pixel_function
+        from ..imageutils import psf_sigma, shift_pixel_columns, sky_to_pixel_function
 
         x0, y0 = exposure.bbox.x.start, exposure.bbox.y.start
         shape = exposure.image.array.shape
 
-        def shifted(table, columns_x, columns_y):
-            table = table.copy()
-            for name in columns_x:
-                if name in table.colnames:
-                    table[name] = table[name] - x0
-            for name in columns_y:
-                if name in table.colnames:
-                    table[name] = table[name] - y0
-            return table
-
-        seg_x = ("x", "x_start", "x_end", "x_start_clipped", "x_end_clipped", "slot_Centroid_x")
-        seg_y = ("y", "y_start", "y_end", "y_start_clipped", "y_end_clipped", "slot_Centroid_y")
-        detections = shifted(detections, seg_x, seg_y)
-        truth = shifted(truth, seg_x, seg_y)
-        injected_sources = shifted(injected_sources, seg_x, seg_y)
-        reference_sources = shifted(reference_sources, seg_x, seg_y)
-        hough = shifted(hough, seg_x, seg_y) if hough is not None else None
+        detections, truth, injected_sources, reference_sources = (
+            shift_pixel_columns(table, -x0, -y0)
+            for table in (detections, truth, injected_sources, reference_sources)
+        )
+        hough = shift_pixel_columns(hough, -x0, -y0) if hough is not None else None
         to_pixel = sky_to_pixel_function(exposure)
 
         def sky_to_pixel(ra, dec):
@@ -348,7 +336,7 @@ class MatchTrailsTask(pipeBase.PipelineTask):
 
         truth_scene = None
         if scene_truth is not None:
-            scene = shifted(scene_truth, seg_x, seg_y)
+            scene = shift_pixel_columns(scene_truth, -x0, -y0)
             kinds = np.asarray(scene["type"])
             stars = scene[kinds == "star"]
             galaxies = scene[kinds == "galaxy"]
