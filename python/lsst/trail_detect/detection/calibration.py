@@ -263,18 +263,21 @@ def butler_samples(
     where: str = "",
     image_type: str = "injected_visit_image",
     truth_type: str = "injected_visit_image_catalog",
-    bad_planes: Iterable[str] = ("NO_DATA", "BAD", "SATURATED", "SAT"),
-    saturated_planes: Iterable[str] = ("SATURATED", "SAT"),
-    no_data_planes: Iterable[str] = ("NO_DATA", "DETECTION_EDGE", "EDGE"),
+    detect_config=None,
 ):
     """Yield `CalibrationSample` for the (visit, detector) pairs of one split in a repository.
 
     The split is the deterministic assignment the tile builders use
     (`~lsst.trail_detect.tiles.tiling.assign_split` with the same fractions
-    and seed), so validation images are never training images.
+    and seed), so validation images are never training images. The mask
+    planes are read as ``detect_config`` (a
+    `~.detect_trails.DetectTrailsConfig`, default: its defaults) says.
     """
-    from ..imageutils import any_plane, mask_planes, psf_sigma, shift_pixel_columns
+    from ..imageutils import psf_sigma, shift_pixel_columns
     from ..tiles.tiling import assign_split
+    from .detect_trails import DetectTrailsConfig
+
+    detect_config = detect_config if detect_config is not None else DetectTrailsConfig()
 
     refs = sorted(
         butler.query_datasets(image_type, where=where, limit=None, explain=False),
@@ -286,16 +289,15 @@ def butler_samples(
             continue
         exposure = butler.get(ref)
         truth = butler.get(truth_type, ref.dataId)
-        shape = exposure.image.array.shape
-        planes = mask_planes(exposure)
+        bad, saturated, no_data = detect_config.planes(exposure)
         truth = shift_pixel_columns(truth, -exposure.bbox.x.start, -exposure.bbox.y.start)
         yield CalibrationSample(
             image=exposure.image.array,
             variance=exposure.variance.array,
             truth=truth,
             psf_sigma=psf_sigma(exposure),
-            bad=any_plane(planes, bad_planes, shape),
-            saturated=any_plane(planes, saturated_planes, shape),
-            no_data=any_plane(planes, no_data_planes, shape),
+            bad=bad,
+            saturated=saturated,
+            no_data=no_data,
             label=f"visit {visit} detector {detector}",
         )

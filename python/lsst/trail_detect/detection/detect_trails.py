@@ -187,6 +187,18 @@ class DetectTrailsConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Detect
             "threads": self.threads,
         }
 
+    def planes(self, exposure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The bad, saturated and no-data pixels of an exposure under these mask-plane lists."""
+        from ..imageutils import any_plane, mask_planes
+
+        planes = mask_planes(exposure)
+        shape = exposure.image.array.shape
+        return (
+            any_plane(planes, self.bad_mask_planes, shape),
+            any_plane(planes, self.saturated_mask_planes, shape),
+            any_plane(planes, self.no_data_mask_planes, shape),
+        )
+
     def postprocess_config(self, threshold: float) -> PostprocessConfig:
         """The `~.postprocess.PostprocessConfig` these fields describe."""
         fields = {f.name for f in dataclasses.fields(PostprocessConfig)}
@@ -240,7 +252,7 @@ class DetectTrailsTask(pipeBase.PipelineTask):
         """
         import torch
 
-        from ..imageutils import any_plane, mask_planes, pixel_to_sky_function, psf_sigma
+        from ..imageutils import pixel_to_sky_function, psf_sigma
         from .detect import DetectionResult, detect_trails, empty_trail_catalog, load_network, model_settings
 
         if model.kind != "trail":
@@ -253,10 +265,7 @@ class DetectTrailsTask(pipeBase.PipelineTask):
         image = exposure.image.array
         variance = exposure.variance.array
         shape = image.shape
-        planes = mask_planes(exposure)
-        bad = any_plane(planes, c.bad_mask_planes, shape)
-        saturated = any_plane(planes, c.saturated_mask_planes, shape)
-        no_data = any_plane(planes, c.no_data_mask_planes, shape)
+        bad, saturated, no_data = c.planes(exposure)
         sigma = psf_sigma(exposure)
         try:
             to_sky = pixel_to_sky_function(exposure)
