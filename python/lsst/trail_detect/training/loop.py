@@ -57,6 +57,13 @@ import numpy as np
 _LOG = logging.getLogger(__name__)
 
 
+#: Loss settings of each kind when a configuration gives none.
+DEFAULT_LOSS = {
+    "trail": {"bce": 1.0, "dice": 1.0, "focal_tversky": 0.0, "pos_weight": 3.0},
+    "star": {},
+}
+
+
 @dataclasses.dataclass
 class TrainingConfig:
     """Settings of one training run (JSON-serializable)."""
@@ -69,10 +76,9 @@ class TrainingConfig:
     batch_size: int = 8
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    loss: dict = dataclasses.field(
-        default_factory=lambda: {"bce": 1.0, "dice": 1.0, "focal_tversky": 0.0, "pos_weight": 3.0}
-    )
-    """Loss weights (`~lsst.trail_detect.training.losses`)."""
+    loss: dict | None = None
+    """Loss settings (`~lsst.trail_detect.training.losses`); None gives the default of ``kind``
+    (`DEFAULT_LOSS`)."""
     positive_fraction: float = 0.6
     """Fraction of drawn trail tiles that contain a trail."""
     samples_per_epoch: int | None = None
@@ -105,6 +111,10 @@ class TrainingConfig:
     def to_dict(self) -> dict:
         """Return a JSON-serializable dict."""
         return dataclasses.asdict(self)
+
+    def __post_init__(self):
+        if self.loss is None:
+            self.loss = dict(DEFAULT_LOSS.get(self.kind, {}))
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainingConfig:
@@ -265,7 +275,7 @@ def _make_loss(config: TrainingConfig):
 
     if config.kind == "trail":
         return SegmentationLoss.from_config(config.loss)
-    return StarDetectionLoss(**{k: v for k, v in config.loss.items() if k in ("heatmap", "offset")})
+    return StarDetectionLoss.from_config(config.loss)
 
 
 def _curriculum_weights(dataset, config: TrainingConfig, epoch: int) -> np.ndarray | None:

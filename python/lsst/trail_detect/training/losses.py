@@ -257,7 +257,25 @@ def pos_weight_from_fraction(positive_fraction: float, cap: float = 100.0) -> fl
     return float(min(max((1.0 - fraction) / fraction, 1.0 / cap), cap))
 
 
-class SegmentationLoss(nn.Module):
+class _ConfigurableLoss(nn.Module):
+    """A loss whose constructor arguments round-trip through a JSON-able dict (`config`)."""
+
+    _settings_name = "loss"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None):
+        """Make from a dict of constructor arguments (unknown keys are an error)."""
+        config = dict(config or {})
+        unknown = set(config) - set(cls().config())
+        if unknown:
+            raise ValueError(f"unknown {cls._settings_name} settings: {sorted(unknown)}.")
+        return cls(**config)
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class SegmentationLoss(_ConfigurableLoss):
     """Weighted sum of BCE, soft Dice and focal Tversky losses for trail masks.
 
     Parameters
@@ -276,6 +294,8 @@ class SegmentationLoss(nn.Module):
     Call as ``loss(logits, target, weight=None)``; returns the scalar total.
     `last_terms` then holds the terms (unweighted) and the total as floats.
     """
+
+    _settings_name = "segmentation loss"
 
     def __init__(
         self,
@@ -305,15 +325,6 @@ class SegmentationLoss(nn.Module):
         self.tversky_gamma = float(tversky_gamma)
         self.smooth = float(smooth)
         self.last_terms: dict[str, float] = {}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> SegmentationLoss:
-        """Make from a dict of constructor arguments (unknown keys are an error)."""
-        config = dict(config or {})
-        unknown = set(config) - set(cls().config())
-        if unknown:
-            raise ValueError(f"unknown segmentation loss settings: {sorted(unknown)}.")
-        return cls(**config)
 
     def config(self) -> dict[str, Any]:
         """Return the constructor arguments as a JSON-able dict."""
@@ -428,7 +439,7 @@ def offset_l1_loss(
     return _weighted_mean(error, weight)
 
 
-class StarDetectionLoss(nn.Module):
+class StarDetectionLoss(_ConfigurableLoss):
     """CenterNet-style loss of a star detector: heatmap focal loss plus offset L1.
 
     Parameters
@@ -446,6 +457,8 @@ class StarDetectionLoss(nn.Module):
     applies to the heatmap term and multiplies the offset mask.  Returns the
     scalar total; `last_terms` holds the terms and total as floats.
     """
+
+    _settings_name = "star detection loss"
 
     def __init__(
         self,
@@ -466,15 +479,6 @@ class StarDetectionLoss(nn.Module):
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.last_terms: dict[str, float] = {}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> StarDetectionLoss:
-        """Make from a dict of constructor arguments (unknown keys are an error)."""
-        config = dict(config or {})
-        unknown = set(config) - set(cls().config())
-        if unknown:
-            raise ValueError(f"unknown star detection loss settings: {sorted(unknown)}.")
-        return cls(**config)
 
     def config(self) -> dict[str, Any]:
         """Return the constructor arguments as a JSON-able dict."""
