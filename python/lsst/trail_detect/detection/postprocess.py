@@ -269,15 +269,22 @@ def _angle_difference(a: float, b: float) -> float:
     return min(d, 180.0 - d)
 
 
+def _segment_frame(x, y, x0: float, y0: float, x1: float, y1: float):
+    """Length, unit direction and the along (``s``) and across (``d``) coordinates of points.
+
+    ``s`` runs from ``(x0, y0)`` towards ``(x1, y1)``; ``d`` is positive to the left of that
+    direction. A zero-length segment gets the direction +x.
+    """
+    length = math.hypot(x1 - x0, y1 - y0)
+    ux, uy = ((x1 - x0) / length, (y1 - y0) / length) if length > 0 else (1.0, 0.0)
+    dx, dy = x - x0, y - y0
+    return length, ux, uy, dx * ux + dy * uy, -dx * uy + dy * ux
+
+
 def _line_offsets(c: TrailCandidate, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Along-line and perpendicular coordinates of points relative to ``c``."""
-    length = c.length
-    if length > 0:
-        ux, uy = (c.x_end - c.x_start) / length, (c.y_end - c.y_start) / length
-    else:
-        ux, uy = 1.0, 0.0
-    dx, dy = px - c.x_start, py - c.y_start
-    return dx * ux + dy * uy, -dx * uy + dy * ux
+    _, _, _, s, d = _segment_frame(px, py, c.x_start, c.y_start, c.x_end, c.y_end)
+    return s, d
 
 
 def _gap_is_masked(a: TrailCandidate, b: TrailCandidate, bad: np.ndarray | None) -> bool:
@@ -392,15 +399,11 @@ def trail_model(
     sigma))] / 2`` with ``s`` along and ``d`` across the segment and ``g``
     the 1-D Gaussian. A zero-length segment is the PSF itself.
     """
-    length = math.hypot(x1 - x0, y1 - y0)
     sigma = max(float(sigma), 1e-3)
-    dx, dy = x - x0, y - y0
+    length, _, _, s, d = _segment_frame(x, y, x0, y0, x1, y1)
     if length < 1e-6:
-        r2 = dx * dx + dy * dy
+        r2 = s * s + d * d
         return np.exp(-0.5 * r2 / sigma**2) / (2 * math.pi * sigma**2)
-    ux, uy = (x1 - x0) / length, (y1 - y0) / length
-    s = dx * ux + dy * uy
-    d = -dx * uy + dy * ux
     across = np.exp(-0.5 * (d / sigma) ** 2) / (math.sqrt(2 * math.pi) * sigma)
     along = 0.5 * (special.erf((length - s) / (_SQRT2 * sigma)) + special.erf(s / (_SQRT2 * sigma)))
     return across * along / length
@@ -426,12 +429,9 @@ def trail_model_jacobian(
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     sigma = max(float(sigma), 1e-3)
-    length = max(math.hypot(x1 - x0, y1 - y0), 1e-6)
-    ux, uy = (x1 - x0) / length, (y1 - y0) / length
+    length, ux, uy, s, d = _segment_frame(x, y, x0, y0, x1, y1)
+    length = max(length, 1e-6)
     nx, ny = -uy, ux
-    dx, dy = x - x0, y - y0
-    s = dx * ux + dy * uy
-    d = dx * nx + dy * ny
     across = np.exp(-0.5 * (d / sigma) ** 2) / (math.sqrt(2 * math.pi) * sigma)
     e_start = np.exp(-0.5 * (s / sigma) ** 2)
     e_end = np.exp(-0.5 * ((length - s) / sigma) ** 2)
