@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 __all__ = (
+    "SimulateDetectorConnectionsBase",
     "SimulateDetectorTaskBase",
     "SimulateVisitImageConfig",
     "SimulateVisitImageConnections",
@@ -40,10 +41,10 @@ import lsst.pipe.base.connectionTypes as cT
 from .scene import SceneParameters, simulate_detector
 
 
-class SimulateVisitImageConnections(
+class SimulateDetectorConnectionsBase(
     pipeBase.PipelineTaskConnections, dimensions=("instrument", "visit", "detector")
 ):
-    """Connections of `SimulateVisitImageTask`."""
+    """Inputs every per-detector simulation reads: the visit's conditions and the star catalog."""
 
     conditions = cT.Input(
         doc="Observing conditions of the visit (pointing, seeing, sky, electronics, seeds).",
@@ -60,6 +61,13 @@ class SimulateVisitImageConnections(
         deferLoad=True,
         minimum=0,
     )
+
+
+class SimulateVisitImageConnections(
+    SimulateDetectorConnectionsBase, dimensions=("instrument", "visit", "detector")
+):
+    """Connections of `SimulateVisitImageTask`."""
+
     visit_image = cT.Output(
         doc="Simulated calibrated visit image, before source detection.",
         name="simulated_visit_image",

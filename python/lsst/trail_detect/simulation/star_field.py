@@ -81,7 +81,7 @@ import lsst.pipe.base.connectionTypes as cT
 
 from .camera import PIXEL_SCALE_ARCSEC
 from .scene import SceneParameters, SimulatedDetector, make_true_psf, psf_moment_sigma, simulate_detector
-from .simulate_visit import SimulateDetectorTaskBase, gather_star_catalog
+from .simulate_visit import SimulateDetectorConnectionsBase, SimulateDetectorTaskBase, gather_star_catalog
 from .survey import EXPOSURE_TIME, nJy_per_electron, sky_electrons_per_pixel
 
 DEPTH_NSIGMA = 5.0
@@ -379,25 +379,10 @@ def simulate_star_field(
 
 
 class SimulateStarFieldConnections(
-    pipeBase.PipelineTaskConnections, dimensions=("instrument", "visit", "detector")
+    SimulateDetectorConnectionsBase, dimensions=("instrument", "visit", "detector")
 ):
     """Connections of `SimulateStarFieldTask`."""
 
-    conditions = cT.Input(
-        doc="Observing conditions of the visit (pointing, seeing, sky, electronics, seeds).",
-        name="visit_conditions",
-        storageClass="StructuredDataDict",
-        dimensions=("instrument", "visit"),
-    )
-    star_catalog = cT.PrerequisiteInput(
-        doc="Star catalog shards (Gaia DR3 schema) overlapping the detector.",
-        name="gaia_dr3_stars",
-        storageClass="ArrowAstropy",
-        dimensions=("htm7",),
-        multiple=True,
-        deferLoad=True,
-        minimum=0,
-    )
     star_field_image = cT.Output(
         doc="Simulated star field: a calibrated, star-only detector image for detector training.",
         name="star_field_image",
