@@ -338,7 +338,26 @@ def _stage_channels(base_channels: int, depth: int, max_channels: int) -> list[i
     return [min(base_channels * 2**i, max_channels) for i in range(depth + 1)]
 
 
-class ResEncoder(nn.Module):
+def _residual_stage(c_in: int, c_out: int, n_blocks: int, block: dict) -> nn.Sequential:
+    """A downsampling residual block (stride 2) followed by ``n_blocks - 1`` more at the new width."""
+    blocks = [ResidualBlock(c_in, c_out, stride=2, **block)]
+    blocks += [ResidualBlock(c_out, c_out, **block) for _ in range(n_blocks - 1)]
+    return nn.Sequential(*blocks)
+
+
+class _StagedEncoder(nn.Module):
+    """An encoder made of ``self.stages``, returning every stage's features."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the features of every stage, shallowest first."""
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class ResEncoder(_StagedEncoder):
     """Residual encoder shared by `ResAttentionUNet` and `StarCenterNet`.
 
     Stage 0 is the stem (a 3x3 convolution) and ``blocks_per_stage``
@@ -388,19 +407,8 @@ class ResEncoder(nn.Module):
         ]
         stages = [nn.Sequential(*stem)]
         for i in range(1, depth + 1):
-            c_in, c_out = self.channels[i - 1], self.channels[i]
-            blocks = [ResidualBlock(c_in, c_out, stride=2, **block)]
-            blocks += [ResidualBlock(c_out, c_out, **block) for _ in range(blocks_per_stage - 1)]
-            stages.append(nn.Sequential(*blocks))
+            stages.append(_residual_stage(self.channels[i - 1], self.channels[i], blocks_per_stage, block))
         self.stages = nn.ModuleList(stages)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Return the features of every stage, shallowest first."""
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 class UNetDecoder(nn.Module):
@@ -464,7 +472,7 @@ class UNetDecoder(nn.Module):
         return x
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(_StagedEncoder):
     """ResNet-34-style encoder of basic residual blocks.
 
     The stem (3x3 convolution, ``base_channels // 2`` channels) keeps full
@@ -507,19 +515,8 @@ class ResNetEncoder(nn.Module):
             )
         ]
         for i, n_blocks in enumerate(blocks):
-            c_in, c_out = self.channels[i], self.channels[i + 1]
-            layer = [ResidualBlock(c_in, c_out, stride=2, **block)]
-            layer += [ResidualBlock(c_out, c_out, **block) for _ in range(n_blocks - 1)]
-            stages.append(nn.Sequential(*layer))
+            stages.append(_residual_stage(self.channels[i], self.channels[i + 1], n_blocks, block))
         self.stages = nn.ModuleList(stages)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Return the features of every stage, shallowest first."""
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 class FPNDecoder(nn.Module):
