@@ -29,12 +29,13 @@ in which it lies far from an edge.
 
 from __future__ import annotations
 
-__all__ = ("InferenceSettings", "blend_window", "predict_probability", "resolve_device")
+__all__ = ("InferenceSettings", "blend_window", "predict_maps", "predict_probability", "resolve_device")
 
 import contextlib
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,86 @@ def _axis_origins(length: int, tile: int, overlap: int) -> np.ndarray:
     return tile_origins(length, tile, overlap)
 
 
+def predict_maps(
+    network: Any,
+    normalized: np.ndarray,
+    to_maps: Callable[[Any], Any],
+    settings: InferenceSettings | None = None,
+    *,
+    progress: bool = False,
+) -> np.ndarray:
+    """Run a network over a whole image in overlapping tiles and blend its output maps.
+
+    Parameters
+    ----------
+    network : `torch.nn.Module`
+        In eval mode, on the device it should run on.
+    normalized : `numpy.ndarray`
+        The normalized image (bad pixels already set to 0), any size.
+    to_maps : callable
+        Turns the network's output for a batch into a float tensor
+        ``(N, C, h, w)`` of the maps to blend (e.g. probabilities).
+    settings : `InferenceSettings`, optional
+        Tiling, batching and precision.
+    progress : `bool`, optional
+        Show a progress bar over the batches.
+
+    Returns
+    -------
+    maps : `numpy.ndarray`
+        float32 ``(C, H, W)``: every pixel the weighted mean of the tiles
+        covering it, with the weights of `blend_window`.
+    """
+    import torch
+
+    settings = settings or InferenceSettings()
+    image = np.asarray(normalized, dtype=np.float32)
+    if image.ndim != 2 or min(image.shape) == 0:
+        raise ValueError(f"inference needs a non-empty 2-D image, not shape {image.shape}.")
+    if not np.all(np.isfinite(image)):
+        raise ValueError("the normalized image has NaN or infinite pixels; normalize it first.")
+    height, width = image.shape
+    tile_h, tile_w = min(settings.tile, height), min(settings.tile, width)
+    ys = _axis_origins(height, tile_h, settings.overlap)
+    xs = _axis_origins(width, tile_w, settings.overlap)
+    origins = [(int(y), int(x)) for y in ys for x in xs]
+    window = blend_window(tile_h, tile_w, settings.overlap)
+    total = None
+    weight = np.zeros((height, width), dtype=np.float32)
+
+    try:
+        device = next(network.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    precision = settings.precision
+    if precision == "auto":
+        precision = "bfloat16" if device.type == "cuda" else "float32"
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if precision == "bfloat16"
+        else contextlib.nullcontext()
+    )
+    batches = [origins[k : k + settings.batch_size] for k in range(0, len(origins), settings.batch_size)]
+    iterator = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(batches, desc="inference", unit="batch", leave=False)
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    with torch.inference_mode(), autocast:
+        for batch in iterator:
+            stack = np.stack([image[y : y + tile_h, x : x + tile_w] for y, x in batch])[:, None]
+            x_in = torch.from_numpy(stack).to(device, non_blocking=True)
+            x_in = x_in.contiguous(memory_format=memory_format)
+            maps = to_maps(network(x_in)).float().cpu().numpy()
+            if total is None:
+                total = np.zeros((maps.shape[1], height, width), dtype=np.float32)
+            for (y, x), m in zip(batch, maps):
+                total[:, y : y + tile_h, x : x + tile_w] += m * window
+                weight[y : y + tile_h, x : x + tile_w] += window
+    return total / weight
+
+
 def predict_probability(
     network: Any,
     normalized: np.ndarray,
@@ -166,50 +247,8 @@ def predict_probability(
     """
     import torch
 
-    settings = settings or InferenceSettings()
-    image = np.asarray(normalized, dtype=np.float32)
-    if image.ndim != 2 or min(image.shape) == 0:
-        raise ValueError(f"inference needs a non-empty 2-D image, not shape {image.shape}.")
-    if not np.all(np.isfinite(image)):
-        raise ValueError("the normalized image has NaN or infinite pixels; normalize it first.")
-    height, width = image.shape
-    tile_h, tile_w = min(settings.tile, height), min(settings.tile, width)
-    ys = _axis_origins(height, tile_h, settings.overlap)
-    xs = _axis_origins(width, tile_w, settings.overlap)
-    origins = [(int(y), int(x)) for y in ys for x in xs]
-    window = blend_window(tile_h, tile_w, settings.overlap)
-    total = np.zeros((height, width), dtype=np.float32)
-    weight = np.zeros((height, width), dtype=np.float32)
-
-    try:
-        device = next(network.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    precision = settings.precision
-    if precision == "auto":
-        precision = "bfloat16" if device.type == "cuda" else "float32"
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if precision == "bfloat16"
-        else contextlib.nullcontext()
-    )
-    batches = [origins[k : k + settings.batch_size] for k in range(0, len(origins), settings.batch_size)]
-    iterator = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(batches, desc="trail inference", unit="batch", leave=False)
-    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    with torch.inference_mode(), autocast:
-        for batch in iterator:
-            stack = np.stack([image[y : y + tile_h, x : x + tile_w] for y, x in batch])[:, None]
-            x_in = torch.from_numpy(stack).to(device, non_blocking=True)
-            x_in = x_in.contiguous(memory_format=memory_format)
-            logits = network(x_in)
-            probs = torch.sigmoid(logits[:, 0].float()).cpu().numpy()
-            for (y, x), p in zip(batch, probs):
-                total[y : y + tile_h, x : x + tile_w] += p * window
-                weight[y : y + tile_h, x : x + tile_w] += window
-    probability = total / weight
+    probability = predict_maps(
+        network, normalized, lambda logits: torch.sigmoid(logits[:, :1].float()), settings, progress=progress
+    )[0]
     np.clip(probability, 0.0, 1.0, out=probability)
     return probability

@@ -64,7 +64,6 @@ __all__ = (
     "star_detection_metrics",
 )
 
-import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -124,50 +123,17 @@ def predict_star_maps(
     """
     import torch
 
-    from ..detection.inference import blend_window
-    from ..tiles.tiling import tile_origins
+    from ..detection.inference import InferenceSettings, predict_maps
 
-    image = np.asarray(normalized_image, dtype=np.float32)
-    if image.ndim != 2 or min(image.shape) == 0:
-        raise ValueError(f"star inference needs a non-empty 2-D image, not shape {image.shape}.")
-    if not np.all(np.isfinite(image)):
-        raise ValueError("the normalized image has NaN or infinite pixels; normalize it first.")
     if tile < 16 or not 0 <= overlap < tile // 2:
         raise ValueError(f"need tile >= 16 and 0 <= overlap < tile / 2 (tile={tile}, overlap={overlap}).")
-    height, width = image.shape
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    overlap = min(overlap, max(min(tile_h, tile_w) // 2 - 1, 0))
-    origins = [
-        (int(y), int(x))
-        for y in tile_origins(height, tile_h, overlap)
-        for x in tile_origins(width, tile_w, overlap)
-    ]
-    window = blend_window(tile_h, tile_w, overlap)
-    heat = np.zeros((height, width), dtype=np.float32)
-    offset = np.zeros((2, height, width), dtype=np.float32)
-    weight = np.zeros((height, width), dtype=np.float32)
-    try:
-        device = next(network.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
-        for k in range(0, len(origins), batch_size):
-            batch = origins[k : k + batch_size]
-            stack = np.stack([image[y : y + tile_h, x : x + tile_w] for y, x in batch])[:, None]
-            out = network(torch.from_numpy(stack).to(device))
-            probs = torch.sigmoid(out["heatmap"][:, 0].float()).cpu().numpy()
-            offs = out["offset"].float().cpu().numpy()
-            for (y, x), p, o in zip(batch, probs, offs):
-                heat[y : y + tile_h, x : x + tile_w] += p * window
-                offset[:, y : y + tile_h, x : x + tile_w] += o * window
-                weight[y : y + tile_h, x : x + tile_w] += window
-    heat /= weight
-    offset /= weight
+
+    def to_maps(out):
+        return torch.cat([torch.sigmoid(out["heatmap"][:, :1].float()), out["offset"].float()], dim=1)
+
+    settings = InferenceSettings(tile=tile, overlap=overlap, batch_size=batch_size)
+    maps = predict_maps(network, normalized_image, to_maps, settings)
+    heat, offset = maps[0], maps[1:3]
     np.clip(heat, 0.0, 1.0, out=heat)
     return heat, offset
 
