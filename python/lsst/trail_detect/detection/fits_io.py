@@ -63,6 +63,7 @@ import scipy.special
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from ..simulation.stack_detection import pixel_gaussian_1d
 from ..tiles.normalization import robust_stats
 
 _LOG = logging.getLogger(__name__)
@@ -851,7 +852,7 @@ def _fit_candidates(
             continue
         if abs(y0 - (row - r0)) > 1.5 or abs(x0 - (col - c0)) > 1.5:
             continue
-        peak = flux * _pixel_fraction(0.0, sigma) ** 2
+        peak = flux * float(pixel_gaussian_1d(np.zeros(1), sigma)[0]) ** 2
         if peak < min_snr * noise:
             continue
         if rms**2 > (1.3 * noise) ** 2 + (0.1 * peak) ** 2:
@@ -860,14 +861,6 @@ def _fit_candidates(
             continue
         sigmas.append(sigma)
     return np.asarray(sigmas)
-
-
-def _pixel_fraction(offset: float, sigma: float) -> float:
-    """Fraction of a 1-D unit Gaussian falling in a pixel ``offset`` from
-    its centre.
-    """
-    s = math.sqrt(2.0) * sigma
-    return 0.5 * (math.erf((offset + 0.5) / s) - math.erf((offset - 0.5) / s))
 
 
 _SQRT2 = math.sqrt(2.0)

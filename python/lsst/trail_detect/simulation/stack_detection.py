@@ -54,7 +54,7 @@ Butler-facing ``PipelineTask`` wrapper lives elsewhere.
 
 from __future__ import annotations
 
-__all__ = ["APERTURE_RADIUS", "detect_sources", "empty_source_table", "psf_filter_snr"]
+__all__ = ["APERTURE_RADIUS", "detect_sources", "empty_source_table", "pixel_gaussian_1d", "psf_filter_snr"]
 
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -117,7 +117,7 @@ _SCHEMA: tuple[tuple[str, type, str | None], ...] = (
 )
 
 
-def _pixel_gaussian_1d(offset: np.ndarray, sigma: float) -> np.ndarray:
+def pixel_gaussian_1d(offset: np.ndarray, sigma: float) -> np.ndarray:
     """Integrate a unit-flux 1-d Gaussian over unit pixels.
 
     Parameters
@@ -152,7 +152,7 @@ def _psf_kernel_1d(psf_sigma: float) -> np.ndarray:
         kernel ``outer(kernel, kernel)`` sums to one exactly.
     """
     radius = max(1, math.ceil(_KERNEL_TRUNCATE * psf_sigma))
-    kernel = _pixel_gaussian_1d(np.arange(-radius, radius + 1, dtype=float), psf_sigma)
+    kernel = pixel_gaussian_1d(np.arange(-radius, radius + 1, dtype=float), psf_sigma)
     return kernel / kernel.sum()
 
 
@@ -548,8 +548,8 @@ def _measure(
         # Offsets of the stamp pixel centres from the centroid.
         off_x = offsets[None, :] - (x[sl] - ix[sl])[:, None]
         off_y = offsets[None, :] - (y[sl] - iy[sl])[:, None]
-        psf_x, psf_y = _pixel_gaussian_1d(off_x, psf_sigma), _pixel_gaussian_1d(off_y, psf_sigma)
-        wide_x, wide_y = _pixel_gaussian_1d(off_x, wide_sigma), _pixel_gaussian_1d(off_y, wide_sigma)
+        psf_x, psf_y = pixel_gaussian_1d(off_x, psf_sigma), pixel_gaussian_1d(off_y, psf_sigma)
+        wide_x, wide_y = pixel_gaussian_1d(off_x, wide_sigma), pixel_gaussian_1d(off_y, wide_sigma)
         psf_norm = _separable_sum(weight, psf_y**2, psf_x**2)
         with np.errstate(divide="ignore", invalid="ignore"):
             out["psfFlux"][sl] = _separable_sum(pix, psf_y, psf_x) / psf_norm
