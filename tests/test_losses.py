@@ -32,6 +32,7 @@ from lsst.trail_detect.training.losses import (
     StarDetectionLoss,
     centernet_focal_loss,
     focal_tversky_loss,
+    instance_balanced_weights,
     offset_l1_loss,
     pos_weight_from_fraction,
     soft_dice_loss,
@@ -367,6 +368,46 @@ class HybridCandidateLossTestCase(lsst.utils.tests.TestCase):
         self.assertIn("candidate", history[0])
         self.assertLess(history[-1]["candidate"], history[0]["candidate"])
         self.assertLess(history[-1]["candidate_offset"], history[0]["candidate_offset"])
+
+
+class InstanceBalanceTestCase(lsst.utils.tests.TestCase):
+    def test_factors(self):
+        """Each component's weights scale by clip((ref / n) ** p, 1, max); background is unchanged."""
+        import numpy as np
+
+        mask = np.zeros((2, 40, 40), dtype=np.float32)
+        mask[0, 5, 5:30] = 1  # 25 pixels
+        mask[0, 20:22, 2:38] = 1  # 72 pixels
+        mask[1, 10, 10:14] = 1  # 4 pixels
+        weight = np.full(mask.shape, 0.5, dtype=np.float32)
+        weight[0, 5, 5] = 0.0  # a bad pixel stays at 0
+        out = instance_balanced_weights(mask, weight, power=0.5, reference_pixels=100.0, max_factor=3.0)
+        self.assertEqual(out.dtype, np.float32)
+        self.assertFloatsAlmostEqual(out[0, 5, 6], 0.5 * 2.0, rtol=1e-6)
+        self.assertEqual(out[0, 5, 5], 0.0)
+        self.assertFloatsAlmostEqual(out[0, 20, 10], 0.5 * math.sqrt(100 / 72), rtol=1e-6)
+        self.assertFloatsAlmostEqual(out[1, 10, 11], 0.5 * 3.0, rtol=1e-6)  # capped
+        background = mask == 0
+        self.assertTrue(np.all(out[background] == weight[background]))
+        # Components at or above the reference keep their weights; power 0 changes nothing.
+        big = instance_balanced_weights(mask, weight, power=1.0, reference_pixels=4.0)
+        self.assertTrue(np.array_equal(big, weight))
+        self.assertTrue(np.array_equal(instance_balanced_weights(mask, weight, power=0.0), weight))
+        self.assertTrue(np.array_equal(weight[0, 5, 6:8], [0.5, 0.5]))  # input untouched
+        # A single 2-d tile works too.
+        single = instance_balanced_weights(
+            mask[1], weight[1], power=0.5, reference_pixels=100.0, max_factor=3.0
+        )
+        self.assertTrue(np.array_equal(single, out[1]))
+
+    def test_bad_settings(self):
+        import numpy as np
+
+        mask = np.zeros((4, 4))
+        with self.assertRaisesRegex(ValueError, "shape"):
+            instance_balanced_weights(mask, np.ones((4, 5)))
+        with self.assertRaisesRegex(ValueError, "max_factor"):
+            instance_balanced_weights(mask, np.ones((4, 4)), max_factor=0.5)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

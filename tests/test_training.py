@@ -270,6 +270,36 @@ class TrainingLoopTestCase(lsst.utils.tests.TestCase):
         self.assertIn("epoch 5/5", resumed.stdout)
         self.assertTrue(out.exists())
 
+    def test_fine_tune_from_model(self):
+        """init_model starts from a trained network's weights; a different architecture is refused."""
+        from lsst.trail_detect.training.loop import train
+
+        out = Path(self.tmp, "first.safetensors")
+        first = train(self.paths, self.config(epochs=2, samples_per_epoch=32), out=out, log=lambda _: None)
+        lines = []
+        zero_lr = self.config(
+            epochs=1,
+            samples_per_epoch=16,
+            init_model=str(out),
+            architecture=None,
+            learning_rate=0.0,
+            weight_decay=0.0,
+            instance_balance={"power": 0.5, "reference_pixels": 200, "max_factor": 4},
+        )
+        tuned = train(self.paths, zero_lr, log=lines.append)
+        self.assertIn("weights initialized from", lines[0])
+        self.assertEqual(tuned.model.architecture, first.model.architecture)
+        a, b = first.model.tensors, tuned.model.tensors
+        # With a zero learning rate only the batch-norm running statistics move.
+        for name in a:
+            if "running" not in name and "num_batches" not in name:
+                self.assertTrue(np.array_equal(np.asarray(a[name]), np.asarray(b[name])), name)
+        other = dict(TINY_TRAIL, base_channels=TINY_TRAIL["base_channels"] * 2)
+        with self.assertRaisesRegex(ValueError, "architecture"):
+            train(
+                self.paths, self.config(epochs=1, init_model=str(out), architecture=other), log=lambda _: None
+            )
+
     def test_refuses_missing_validation(self):
         from lsst.trail_detect.training.loop import train
 

@@ -79,6 +79,10 @@ class TrainingConfig:
     loss: dict | None = None
     """Loss settings (`~lsst.trail_detect.training.losses`); None gives the default of ``kind``
     (`DEFAULT_LOSS`)."""
+    instance_balance: dict | None = None
+    """Trail kind: raise the loss weight of small truth components (short trails) with
+    `~lsst.trail_detect.training.losses.instance_balanced_weights`; its keyword arguments
+    (``power``, ``reference_pixels``, ``max_factor``), or None for plain pixel weights."""
     positive_fraction: float = 0.6
     """Fraction of drawn trail tiles that contain a trail."""
     samples_per_epoch: int | None = None
@@ -91,6 +95,9 @@ class TrainingConfig:
     curriculum_start_nu: float = 8.0
     pretrained_encoder: str | None = None
     """Path of a star-detector model whose encoder initializes the network."""
+    init_model: str | None = None
+    """Path of a trained model of the same kind whose weights initialize the whole network (fine-tuning);
+    its architecture is used unless ``architecture`` is given, and must then match."""
     unfreeze_epochs: list = dataclasses.field(default_factory=list)
     """With a pretrained encoder: epochs at which the next-deepest frozen stage is unfrozen (the encoder
     starts frozen; an empty list trains it from the start)."""
@@ -419,6 +426,7 @@ def train(
     from ..models.networks import build_model, default_architecture, transfer_encoder
     from ..models.storage import TrailDetectorModel
     from ..tiles.datasets import Augment, TileDataset
+    from .losses import instance_balanced_weights
 
     say = log or _LOG.info
     if config.kind not in ("trail", "star"):
@@ -438,8 +446,23 @@ def train(
         raise ValueError(
             f"need tiles in both the train ({len(train_set)}) and validation ({len(val_set)}) splits."
         )
-    architecture = config.architecture or default_architecture(config.kind, "compact")
+    init = None
+    if config.init_model:
+        init = TrailDetectorModel.load(config.init_model)
+        if init.kind != config.kind:
+            raise ValueError(f"init_model {config.init_model} is a {init.kind} model, not {config.kind}.")
+        if config.architecture and dict(config.architecture) != dict(init.architecture):
+            raise ValueError(
+                f"init_model {config.init_model} has architecture {init.architecture}, "
+                f"not the requested {config.architecture}."
+            )
+    architecture = config.architecture or (
+        dict(init.architecture) if init is not None else default_architecture(config.kind, "compact")
+    )
     model = build_model(architecture)
+    if init is not None:
+        model.load_state_dict(init.build().state_dict())
+        say(f"weights initialized from {config.init_model}")
     if config.pretrained_encoder:
         source = TrailDetectorModel.load(config.pretrained_encoder).build()
         transfer_encoder(source, model)
@@ -505,7 +528,14 @@ def train(
                 pred = model_ddp(image)
                 if config.kind == "trail":
                     logits = pred if torch.is_tensor(pred) else pred["logits"]
-                    loss = loss_fn(logits[:, 0].float(), batch["mask"].to(device), batch["weight"].to(device))
+                    weight = batch["weight"]
+                    if config.instance_balance:
+                        weight = torch.from_numpy(
+                            instance_balanced_weights(
+                                batch["mask"].numpy(), weight.numpy(), **config.instance_balance
+                            )
+                        )
+                    loss = loss_fn(logits[:, 0].float(), batch["mask"].to(device), weight.to(device))
                 else:
                     tgt = {k: batch[k].to(device) for k in ("heatmap", "offset", "offset_mask")}
                     loss = loss_fn(
