@@ -272,6 +272,7 @@ class TrainingLoopTestCase(lsst.utils.tests.TestCase):
 
     def test_fine_tune_from_model(self):
         """init_model starts from a trained network's weights; a different architecture is refused."""
+        from lsst.trail_detect.models.storage import TrailDetectorModel
         from lsst.trail_detect.training.loop import train
 
         out = Path(self.tmp, "first.safetensors")
@@ -294,6 +295,25 @@ class TrainingLoopTestCase(lsst.utils.tests.TestCase):
         for name in a:
             if "running" not in name and "num_batches" not in name:
                 self.assertTrue(np.array_equal(np.asarray(a[name]), np.asarray(b[name])), name)
+        # The command line: --init-model takes the model's architecture whatever --size says.
+        import json
+
+        exe = Path(sys.executable).parent / "trail-detect"
+        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "lsst.trail_detect.cli.trail_detect"]
+        cli_out = Path(self.tmp, "cli_tuned.safetensors")
+        settings = {"samples_per_epoch": 16, "threads": 1, "progress": False}
+        done = subprocess.run(
+            command
+            + ["train", *map(str, self.paths), "--out", str(cli_out), "--epochs", "1", "--size", "large"]
+            + ["--init-model", str(out), "--config", json.dumps(settings)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=300,
+        )
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertIn("weights initialized from", done.stdout)
+        self.assertEqual(TrailDetectorModel.load(cli_out).architecture, first.model.architecture)
         other = dict(TINY_TRAIL, base_channels=TINY_TRAIL["base_channels"] * 2)
         with self.assertRaisesRegex(ValueError, "architecture"):
             train(

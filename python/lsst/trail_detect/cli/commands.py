@@ -248,6 +248,13 @@ def export_tiles(repo, out, collections, dataset_type, where, overwrite):
     help="Star-detector model whose encoder initializes the network.",
 )
 @click.option(
+    "--init-model",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Trained model of the same kind to fine-tune: all its weights and its architecture (--size is "
+    "then ignored).",
+)
+@click.option(
     "--config",
     "config_json",
     default=None,
@@ -261,7 +268,20 @@ def export_tiles(repo, out, collections, dataset_type, where, overwrite):
 )
 @click.option("--resume/--no-resume", default=False, show_default=True, help="Resume from --checkpoint-dir.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run.")
-def train(shards, out, kind, size, epochs, batch_size, pretrained, config_json, checkpoint_dir, resume, seed):
+def train(
+    shards,
+    out,
+    kind,
+    size,
+    epochs,
+    batch_size,
+    pretrained,
+    init_model,
+    config_json,
+    checkpoint_dir,
+    resume,
+    seed,
+):
     """Train a network on HDF5 tile SHARDS (from export-tiles or the Butler) and write it to --out.
 
     Runs on one process, or under torchrun for distributed data parallel:
@@ -282,7 +302,10 @@ def train(shards, out, kind, size, epochs, batch_size, pretrained, config_json, 
         "checkpoint_dir": checkpoint_dir,
         "resume": resume,
         "pretrained_encoder": pretrained,
+        "init_model": init_model,
     }
+    if init_model:
+        settings["architecture"] = None
     if pretrained and kind == "trail":
         settings["unfreeze_epochs"] = [0, 2, 4, 6, 8]
     if config_json:

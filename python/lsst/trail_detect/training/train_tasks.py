@@ -173,6 +173,15 @@ class TrainTrailDetectorConfig(TrainDetectorConfigBase, pipelineConnections=Trai
     curriculum_start_nu = pexConfig.Field[float](
         doc="Faintest trail (nu_det) in the first epoch.", default=8.0
     )
+    instance_balance_power = pexConfig.Field[float](
+        doc="Raise the loss weight of each truth component of n pixels by "
+        "(instance_balance_reference / n) ** power, so that short trails count (0: off).",
+        default=0.0,
+    )
+    instance_balance_reference = pexConfig.Field[float](
+        doc="Components of at least this many pixels keep their weight.", default=400.0
+    )
+    instance_balance_max = pexConfig.Field[float](doc="Largest instance-balance factor.", default=4.0)
 
 
 class _TrainDetectorTaskBase(pipeBase.PipelineTask):
@@ -273,4 +282,10 @@ class TrainTrailDetectorTask(_TrainDetectorTaskBase):
         config.curriculum_epochs = c.curriculum_epochs
         config.curriculum_start_nu = c.curriculum_start_nu
         config.unfreeze_epochs = list(c.unfreeze_epochs) if c.use_pretrained_encoder else []
+        if c.instance_balance_power > 0:
+            config.instance_balance = {
+                "power": c.instance_balance_power,
+                "reference_pixels": c.instance_balance_reference,
+                "max_factor": c.instance_balance_max,
+            }
         return config
