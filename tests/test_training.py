@@ -286,9 +286,14 @@ class TrainingLoopTestCase(lsst.utils.tests.TestCase):
             learning_rate=0.0,
             weight_decay=0.0,
             instance_balance={"power": 0.5, "reference_pixels": 200, "max_factor": 4},
+            selection_metric="object_f1",
         )
         tuned = train(self.paths, zero_lr, log=lines.append)
         self.assertIn("weights initialized from", lines[0])
+        self.assertIn("objects F1", lines[1])
+        validation = tuned.model.metadata["validation"]
+        self.assertEqual(tuned.model.threshold, validation["object_threshold"])
+        self.assertEqual(validation["score"], validation["object_f1"])
         self.assertEqual(tuned.model.architecture, first.model.architecture)
         a, b = first.model.tensors, tuned.model.tensors
         # With a zero learning rate only the batch-norm running statistics move.
@@ -359,6 +364,44 @@ class TrainingLoopTestCase(lsst.utils.tests.TestCase):
         for name, value in enc.items():
             np.testing.assert_array_equal(np.asarray(value), np.asarray(star_tensors[name]), err_msg=name)
         self.assertEqual(trail.history[0]["open_encoder_stages"], 0)
+
+
+class ValidationMetricsTestCase(lsst.utils.tests.TestCase):
+    def test_object_metrics(self):
+        """Every truth component counts once; predictions touching no truth are false positives."""
+        from lsst.trail_detect.training.loop import _object_metrics, _trail_metrics
+
+        target = np.zeros((2, 32, 32), dtype=np.float32)
+        target[0, 5, 2:30] = 1  # a long trail, found
+        target[0, 20:23, 20:23] = 1  # a short one (9 pixels), missed
+        target[1, 10:12, 4:8] = 1  # a short one (8 pixels), found
+        target[1, 28, 28:31] = 1  # 3 pixels: too small to count
+        probs = np.zeros_like(target)
+        probs[0, 5, 2:30] = 0.9
+        probs[1, 10:12, 4:8] = 0.6
+        probs[1, 25:28, 2:5] = 0.8  # a false positive of 9 pixels
+        probs[1, 0, 0:3] = 0.99  # too small to count
+        weight = np.ones_like(target)
+        thresholds = np.array([0.5, 0.7])
+        out = _object_metrics(probs, target, weight, thresholds)
+        curve = {row[0]: row[1:] for row in out["object_curve"]}
+        self.assertFloatsAlmostEqual(np.array(curve[0.5]), np.array([2 / 3, 2 / 3, 2 / 3]), atol=1e-12)
+        self.assertFloatsAlmostEqual(np.array(curve[0.7]), np.array([1 / 2, 1 / 3, 0.4]), atol=1e-12)
+        self.assertEqual(out["object_threshold"], 0.5)
+        # Unusable pixels are neither truth nor prediction.
+        weight[1, 25:28, 2:5] = 0
+        out = _object_metrics(probs, target, weight, thresholds)
+        self.assertFloatsAlmostEqual(out["object_precision"], 1.0, atol=1e-12)
+        # The pixel metrics carry the object ones.
+        full = _trail_metrics(probs, target, weight)
+        self.assertIn("object_f1", full)
+        self.assertGreater(full["f1"], full["object_f1"])
+
+    def test_selection_metric_checked(self):
+        from lsst.trail_detect.training.loop import TrainingConfig
+
+        with self.assertRaisesRegex(ValueError, "selection_metric"):
+            TrainingConfig(selection_metric="loss")
 
 
 class DistributedTestCase(lsst.utils.tests.TestCase):

@@ -103,6 +103,9 @@ class TrainingConfig:
     starts frozen; an empty list trains it from the start)."""
     patience: int = 5
     """Stop after this many epochs without a better validation score."""
+    selection_metric: str = "pixel_f1"
+    """Trail kind: validation score that picks the best epoch and the operating threshold, ``pixel_f1``
+    or ``object_f1`` (every truth component counts once, so short trails weigh as much as long ones)."""
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -122,6 +125,10 @@ class TrainingConfig:
     def __post_init__(self):
         if self.loss is None:
             self.loss = dict(DEFAULT_LOSS.get(self.kind, {}))
+        if self.selection_metric not in ("pixel_f1", "object_f1"):
+            raise ValueError(
+                f"selection_metric must be pixel_f1 or object_f1, not {self.selection_metric!r}."
+            )
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainingConfig:
@@ -194,7 +201,65 @@ def _trail_metrics(probs: np.ndarray, target: np.ndarray, weight: np.ndarray) ->
         if f1 > best["f1"]:
             best = {"threshold": float(th), "precision": precision, "recall": recall, "f1": f1}
     best["curve"] = rows
+    best.update(_object_metrics(probs, target, weight, thresholds))
     return best
+
+
+def _object_metrics(
+    probs: np.ndarray, target: np.ndarray, weight: np.ndarray, thresholds: np.ndarray, min_pixels: int = 6
+) -> dict:
+    """Object-level precision, recall and F1 of tile segmentations over thresholds.
+
+    Every connected truth component (8-connected, at least ``min_pixels``
+    usable pixels) counts once, whatever its size: it is found when the
+    probability reaches the threshold somewhere on it. A predicted
+    component (at least ``min_pixels``) is a false positive when it touches
+    no truth pixel. Short trails thus weigh as much as long ones, unlike in
+    the pixel metrics.
+    """
+    from scipy import ndimage
+
+    structure = np.ones((3, 3), dtype=bool)
+    probs = probs.reshape((-1,) + probs.shape[-2:])
+    target = target.reshape(probs.shape) > 0.5
+    valid = weight.reshape(probs.shape) > 0
+    found = np.zeros(len(thresholds))
+    n_truth = 0
+    n_pred = np.zeros(len(thresholds))
+    n_false = np.zeros(len(thresholds))
+    for prob, truth, good in zip(probs, target, valid):
+        prob = np.where(good, prob, 0.0)
+        labels, n = ndimage.label(truth & good, structure=structure)
+        if n:
+            index = np.arange(1, n + 1)
+            sizes = ndimage.sum_labels(np.ones_like(prob), labels, index)
+            peaks = ndimage.maximum(prob, labels, index)[sizes >= min_pixels]
+            n_truth += len(peaks)
+            found += np.sum(peaks[None, :] >= thresholds[:, None], axis=1)
+        for k, th in enumerate(thresholds):
+            pred, m = ndimage.label(prob >= th, structure=structure)
+            if m == 0:
+                continue
+            index = np.arange(1, m + 1)
+            sizes = ndimage.sum_labels(np.ones_like(prob), pred, index)
+            hits = ndimage.maximum(truth, pred, index)
+            keep = sizes >= min_pixels
+            n_pred[k] += np.sum(keep)
+            n_false[k] += np.sum(keep & ~hits.astype(bool))
+    recall = found / max(n_truth, 1)
+    precision = (n_pred - n_false) / np.maximum(n_pred, 1)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    k = int(np.argmax(f1))
+    return {
+        "object_threshold": float(thresholds[k]),
+        "object_precision": float(precision[k]),
+        "object_recall": float(recall[k]),
+        "object_f1": float(f1[k]),
+        "object_curve": [
+            (float(th), float(a), float(b), float(c))
+            for th, a, b, c in zip(thresholds, precision, recall, f1, strict=True)
+        ],
+    }
 
 
 def _star_metrics(
@@ -560,11 +625,13 @@ def train(
             "seconds": time.time() - t0,
             "lr": optimizer.param_groups[0]["lr"],
             "open_encoder_stages": open_stages,
-            **{k: v for k, v in metrics.items() if k != "curve"},
+            **{k: v for k, v in metrics.items() if k not in ("curve", "object_curve")},
         }
         history.append(record)
         if rank == 0:
             score = metrics.get("f1", -metrics["val_loss"])
+            if config.kind == "trail" and config.selection_metric == "object_f1":
+                score = metrics["object_f1"]
             improved = score > best.get("score", -math.inf)
             if improved:
                 best = {"score": float(score), "epoch": epoch, **metrics}
@@ -577,7 +644,14 @@ def train(
                 f"{metrics['val_loss']:.4f}, val F1 {metrics.get('f1', float('nan')):.3f} "
                 f"(P {metrics.get('precision', float('nan')):.3f}, "
                 f"R {metrics.get('recall', float('nan')):.3f}, "
-                f"threshold {metrics.get('threshold', float('nan')):.2f}){' *' if improved else ''} "
+                f"threshold {metrics.get('threshold', float('nan')):.2f}"
+                + (
+                    f"; objects F1 {metrics['object_f1']:.3f} (P {metrics['object_precision']:.3f}, "
+                    f"R {metrics['object_recall']:.3f}, threshold {metrics['object_threshold']:.2f})"
+                    if "object_f1" in metrics
+                    else ""
+                )
+                + f"){' *' if improved else ''} "
                 f"[{record['seconds']:.0f} s]"
             )
             if checkpoint is not None:
@@ -603,8 +677,10 @@ def train(
         normalization = next(iter(normalization.values()))
     metadata = {
         "normalization": {k: v for k, v in normalization.items() if k in ("method", "clip_min", "clip_max")},
-        "threshold": float(best.get("threshold", 0.5)),
-        "validation": {k: v for k, v in best.items() if k not in ("curve",)},
+        "threshold": float(
+            best.get("object_threshold" if config.selection_metric == "object_f1" else "threshold", 0.5)
+        ),
+        "validation": {k: v for k, v in best.items() if k not in ("curve", "object_curve")},
         "validation_curve": best.get("curve", []),
         "training": config.to_dict(),
         "history": history,

@@ -182,6 +182,14 @@ class TrainTrailDetectorConfig(TrainDetectorConfigBase, pipelineConnections=Trai
         doc="Components of at least this many pixels keep their weight.", default=400.0
     )
     instance_balance_max = pexConfig.Field[float](doc="Largest instance-balance factor.", default=4.0)
+    selection_metric = pexConfig.ChoiceField[str](
+        doc="Validation score that picks the best epoch and the operating threshold.",
+        default="pixel_f1",
+        allowed={
+            "pixel_f1": "F1 over trail pixels (long trails dominate).",
+            "object_f1": "F1 over trails, each truth component counting once.",
+        },
+    )
 
 
 class _TrainDetectorTaskBase(pipeBase.PipelineTask):
@@ -282,6 +290,7 @@ class TrainTrailDetectorTask(_TrainDetectorTaskBase):
         config.curriculum_epochs = c.curriculum_epochs
         config.curriculum_start_nu = c.curriculum_start_nu
         config.unfreeze_epochs = list(c.unfreeze_epochs) if c.use_pretrained_encoder else []
+        config.selection_metric = c.selection_metric
         if c.instance_balance_power > 0:
             config.instance_balance = {
                 "power": c.instance_balance_power,
