@@ -70,7 +70,7 @@ TRAIN_SEED ?= 2026
 TRAIN_CONFIG ?= config/trainDefault.py
 TRAIN_STAR_CONFIG ?= config/trainStarDefault.py
 FINETUNE_CONFIG ?= config/fineTuneDefault.json
-FINETUNE_EPOCHS ?= 70
+FINETUNE_EPOCHS ?= 55
 FINETUNE_SEED ?= 2027
 train-default: $(STAMP)
 	rm -rf $(TRAIN_DIR) && mkdir -p $(TRAIN_DIR)

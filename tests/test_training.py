@@ -270,6 +270,40 @@ class TrainingLoopTestCase(lsst.utils.tests.TestCase):
         self.assertIn("epoch 5/5", resumed.stdout)
         self.assertTrue(out.exists())
 
+    def test_short_trail_oversampling(self):
+        """Tiles holding a whole short trail are found and drawn more often; class fractions stay."""
+        from lsst.trail_detect.training.loop import TrainingConfig, _sampler, small_trail_tiles
+
+        class Tiles:
+            def __init__(self, masks):
+                self.masks = masks
+                self.has_trail = np.array([m.any() for m in masks])
+                self.tile_meta = None
+
+            def __len__(self):
+                return len(self.masks)
+
+            def read_arrays(self, index):
+                return {"mask": self.masks[index][None].astype(np.float32)}
+
+        masks = np.zeros((5, 40, 40), dtype=bool)
+        masks[0, 10:13, 10:20] = True  # short, inside
+        masks[1, 20, 0:30] = True  # long
+        masks[2, 0:3, 5:12] = True  # short but cut by the edge: not counted
+        masks[3, 5:8, 5:9] = True  # short, beside a long one
+        masks[3, 30, 2:38] = True
+        tiles = Tiles(masks)
+        flags = small_trail_tiles(tiles, max_extent=12)
+        self.assertEqual(flags.tolist(), [True, False, False, True, False])
+        boost = {"max_extent": 12, "factor": 3}
+        config = TrainingConfig(positive_fraction=0.6, oversample_small_trails=boost)
+        weights = _sampler(tiles, config, 0, 0, 1, small=flags).weights.numpy()
+        self.assertAlmostEqual(weights[tiles.has_trail].sum(), 0.6)
+        self.assertAlmostEqual(weights[4], 0.4)
+        self.assertAlmostEqual(weights[0] / weights[1], 3.0)
+        plain = _sampler(tiles, TrainingConfig(positive_fraction=0.6), 0, 0, 1).weights.numpy()
+        self.assertAlmostEqual(plain[0] / plain[1], 1.0)
+
     def test_fine_tune_from_model(self):
         """init_model starts from a trained network's weights; a different architecture is refused."""
         from lsst.trail_detect.models.storage import TrailDetectorModel

@@ -503,9 +503,10 @@ def calibrate(
 
     Runs the detection on the injected images of one split (by default the
     validation split of the tile builders, never trained on), matches the
-    detections to the injected truth, fits an isotonic map from raw to
-    calibrated score (0.9 = 90% real) and chooses min_score, the operating
-    point with at most --max-fp false positives per 4k x 4k detector.
+    detections to the injected truth, fits the calibrated score (0.9 = 90%
+    real; a logistic regression, or an isotonic map of the mean probability)
+    and chooses min_score, the operating point with at most --max-fp false
+    positives per 4k x 4k detector.
     """
     import torch
 

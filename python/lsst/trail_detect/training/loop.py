@@ -83,6 +83,10 @@ class TrainingConfig:
     """Trail kind: raise the loss weight of small truth components (short trails) with
     `~lsst.trail_detect.training.losses.instance_balanced_weights`; its keyword arguments
     (``power``, ``reference_pixels``, ``max_factor``), or None for plain pixel weights."""
+    oversample_small_trails: dict | None = None
+    """Trail kind: draw tiles holding a whole short trail (a truth component spanning at most
+    ``max_extent`` pixels, away from the tile edge; see `small_trail_tiles`) ``factor`` times more often
+    among the tiles with trails, e.g. ``{"max_extent": 16, "factor": 4}``; None draws them as the others."""
     positive_fraction: float = 0.6
     """Fraction of drawn trail tiles that contain a trail."""
     samples_per_epoch: int | None = None
@@ -364,7 +368,45 @@ def _curriculum_weights(dataset, config: TrainingConfig, epoch: int) -> np.ndarr
     return keep.astype(float)
 
 
-def _sampler(dataset, config: TrainingConfig, epoch: int, rank: int, world: int):
+def small_trail_tiles(dataset, max_extent: float) -> np.ndarray:
+    """Flag the tiles holding a whole short trail.
+
+    Parameters
+    ----------
+    dataset : `~lsst.trail_detect.tiles.datasets.TileDataset`
+        Trail tiles (read without augmentation).
+    max_extent : `float`
+        Largest extent (pixels, the longer side of the bounding box) of a
+        truth component counted as short.
+
+    Returns
+    -------
+    flags : `numpy.ndarray`
+        One boolean per tile: some 8-connected component of the truth mask
+        spans at most ``max_extent`` pixels and does not touch the tile edge
+        (a long trail cut by the edge is not short).
+    """
+    from scipy import ndimage
+
+    structure = np.ones((3, 3), dtype=bool)
+    flags = np.zeros(len(dataset), dtype=bool)
+    has = np.asarray(dataset.has_trail, dtype=bool)
+    for index in np.flatnonzero(has):
+        mask = np.asarray(dataset.read_arrays(int(index))["mask"])
+        mask = mask.reshape(mask.shape[-2:]) > 0.5
+        labels, n = ndimage.label(mask, structure=structure)
+        for box in ndimage.find_objects(labels):
+            rows, cols = box
+            inside = (
+                rows.start > 0 and cols.start > 0 and rows.stop < mask.shape[0] and cols.stop < mask.shape[1]
+            )
+            if inside and max(rows.stop - rows.start, cols.stop - cols.start) <= max_extent:
+                flags[index] = True
+                break
+    return flags
+
+
+def _sampler(dataset, config: TrainingConfig, epoch: int, rank: int, world: int, small=None):
     """Per-epoch sampler: class-balanced (trails), curriculum-filtered, different per rank."""
     import torch
 
@@ -382,8 +424,17 @@ def _sampler(dataset, config: TrainingConfig, epoch: int, rank: int, world: int)
     fraction = config.positive_fraction if 0 < has.sum() < len(has) else float(has.mean())
     sampler = balanced_sampler(dataset, positive_fraction=fraction, num_samples=n, seed=seed)
     extra = _curriculum_weights(dataset, config, epoch)
-    if extra is not None and np.any(extra[np.asarray(dataset.has_trail)] > 0):
+    if small is not None and np.any(small):
+        boost = np.where(small, float(config.oversample_small_trails.get("factor", 4.0)), 1.0)
+        extra = boost if extra is None else extra * boost
+    if extra is not None and np.any(extra[has] > 0):
         weights = sampler.weights.numpy() * extra
+        # Keep the class fractions: renormalize the tiles with and without trails separately.
+        for flag, share in ((True, fraction), (False, 1.0 - fraction)):
+            part = has == flag
+            total = weights[part].sum()
+            if total > 0:
+                weights[part] *= share / total
         sampler = torch.utils.data.WeightedRandomSampler(
             torch.as_tensor(weights), n, replacement=True, generator=sampler.generator
         )
@@ -562,11 +613,15 @@ def train(
     val_loader = torch.utils.data.DataLoader(
         val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers
     )
+    small = None
+    if config.kind == "trail" and config.oversample_small_trails:
+        small = small_trail_tiles(train_set, float(config.oversample_small_trails.get("max_extent", 16)))
+        say(f"{int(small.sum())} of {len(train_set)} training tiles hold a whole short trail (oversampled)")
     stale = 0
     for epoch in range(start_epoch, config.epochs):
         t0 = time.time()
         open_stages = _freeze_schedule(model, config, epoch)
-        sampler = _sampler(train_set, config, epoch, rank, world)
+        sampler = _sampler(train_set, config, epoch, rank, world, small=small)
         train_set.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
             train_set,

@@ -182,6 +182,14 @@ class TrainTrailDetectorConfig(TrainDetectorConfigBase, pipelineConnections=Trai
         doc="Components of at least this many pixels keep their weight.", default=400.0
     )
     instance_balance_max = pexConfig.Field[float](doc="Largest instance-balance factor.", default=4.0)
+    short_trail_boost = pexConfig.Field[float](
+        doc="Draw tiles holding a whole short trail (spanning at most short_trail_max_extent pixels) this "
+        "many times more often among the tiles with trails (1: off).",
+        default=1.0,
+    )
+    short_trail_max_extent = pexConfig.Field[float](
+        doc="Longest extent (pixels) of a truth component counted as a short trail.", default=16.0
+    )
     selection_metric = pexConfig.ChoiceField[str](
         doc="Validation score that picks the best epoch and the operating threshold.",
         default="pixel_f1",
@@ -291,6 +299,11 @@ class TrainTrailDetectorTask(_TrainDetectorTaskBase):
         config.curriculum_start_nu = c.curriculum_start_nu
         config.unfreeze_epochs = list(c.unfreeze_epochs) if c.use_pretrained_encoder else []
         config.selection_metric = c.selection_metric
+        if c.short_trail_boost != 1.0:
+            config.oversample_small_trails = {
+                "max_extent": c.short_trail_max_extent,
+                "factor": c.short_trail_boost,
+            }
         if c.instance_balance_power > 0:
             config.instance_balance = {
                 "power": c.instance_balance_power,
