@@ -69,10 +69,6 @@ TRAIN_VISITS ?= 6
 TRAIN_SEED ?= 2026
 TRAIN_CONFIG ?= config/trainDefault.py
 TRAIN_STAR_CONFIG ?= config/trainStarDefault.py
-FINETUNE_CONFIG ?= config/fineTuneDefault.json
-FINETUNE_EPOCHS ?= 50
-SHORT_SEED ?= 2031
-FINETUNE_SEED ?= 2027
 train-default: $(STAMP)
 	rm -rf $(TRAIN_DIR) && mkdir -p $(TRAIN_DIR)
 	$(VENV)/bin/trail-detect make-repo $(TRAIN_DIR)/repo --visits $(TRAIN_VISITS) --detectors 9 --size 1024 \
@@ -85,20 +81,8 @@ train-default: $(STAMP)
 	  -i SimCam/runs/train_default/data,SimCam/runs/train_default/stars -o SimCam/runs/train_default/models \
 	  -p pipelines/TrainTrailDetector.yaml -C trainStarDetector:$(TRAIN_STAR_CONFIG) -C trainTrailDetector:$(TRAIN_CONFIG) \
 	  --register-dataset-types -j 1
-	$(VENV)/bin/trail-detect export-model $(TRAIN_DIR)/repo $(TRAIN_DIR)/trail_detector_stage1.safetensors \
+	$(VENV)/bin/trail-detect export-model $(TRAIN_DIR)/repo $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors \
 	  --collections SimCam/runs/train_default/models
-	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(TRAIN_DIR)/repo -i SimCam/runs/survey,SimCam/defaults \
-	  -o SimCam/runs/train_default/short -p 'pipelines/EndToEnd.yaml#generateTrailCatalog,injectTrails,detectInjectedSources,buildTrailTiles' \
-	  -c generateTrailCatalog:length_max=12 -c generateTrailCatalog:n_trails=40 -c generateTrailCatalog:seed=$(SHORT_SEED) \
-	  -c injectTrails:noise_seed=$(SHORT_SEED) -j $(JOBS)
-	$(VENV)/bin/trail-detect export-tiles $(TRAIN_DIR)/repo $(TRAIN_DIR)/trail_tiles.h5 \
-	  --collections SimCam/runs/train_default/data
-	$(VENV)/bin/trail-detect export-tiles $(TRAIN_DIR)/repo $(TRAIN_DIR)/short_tiles.h5 \
-	  --collections SimCam/runs/train_default/short
-	$(VENV)/bin/trail-detect train $(TRAIN_DIR)/trail_tiles.h5 $(TRAIN_DIR)/short_tiles.h5 \
-	  --out $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors \
-	  --init-model $(TRAIN_DIR)/trail_detector_stage1.safetensors --epochs $(FINETUNE_EPOCHS) --seed $(FINETUNE_SEED) \
-	  --checkpoint-dir $(TRAIN_DIR)/finetune --config "$$(cat $(FINETUNE_CONFIG))"
 	$(VENV)/bin/trail-detect calibrate $(TRAIN_DIR)/repo python/lsst/trail_detect/data/trail_detector_default.safetensors \
 	  --collections SimCam/runs/train_default/data --model $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors --method logistic --threads 2
 
