@@ -431,6 +431,23 @@ class ValidationMetricsTestCase(lsst.utils.tests.TestCase):
         self.assertIn("object_f1", full)
         self.assertGreater(full["f1"], full["object_f1"])
 
+    def test_task_settings(self):
+        """The trainTrailDetector config fields reach the training settings; defaults change nothing."""
+        from lsst.trail_detect.training.train_tasks import TrainTrailDetectorConfig, TrainTrailDetectorTask
+
+        config = TrainTrailDetectorConfig()
+        plain = TrainTrailDetectorTask(config=config)._training_config()
+        self.assertIsNone(plain.instance_balance)
+        self.assertIsNone(plain.oversample_small_trails)
+        self.assertEqual(plain.selection_metric, "pixel_f1")
+        config.instance_balance_power = 0.5
+        config.short_trail_boost = 3.0
+        config.selection_metric = "object_f1"
+        tuned = TrainTrailDetectorTask(config=config)._training_config()
+        self.assertEqual(tuned.instance_balance, {"power": 0.5, "reference_pixels": 400.0, "max_factor": 4.0})
+        self.assertEqual(tuned.oversample_small_trails, {"max_extent": 16.0, "factor": 3.0})
+        self.assertEqual(tuned.selection_metric, "object_f1")
+
     def test_selection_metric_checked(self):
         from lsst.trail_detect.training.loop import TrainingConfig
 

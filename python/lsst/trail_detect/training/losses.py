@@ -262,8 +262,8 @@ def instance_balanced_weights(
     mask: np.ndarray,
     weight: np.ndarray,
     power: float = 0.5,
-    reference_pixels: float = 500.0,
-    max_factor: float = 5.0,
+    reference_pixels: float = 400.0,
+    max_factor: float = 4.0,
 ) -> np.ndarray:
     """Raise the loss weight of small trails so that each trail counts.
 
