@@ -235,21 +235,19 @@ def _object_metrics(
         prob = np.where(good, prob, 0.0)
         labels, n = ndimage.label(truth & good, structure=structure)
         if n:
-            index = np.arange(1, n + 1)
-            sizes = ndimage.sum_labels(np.ones_like(prob), labels, index)
-            peaks = ndimage.maximum(prob, labels, index)[sizes >= min_pixels]
+            sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+            peaks = ndimage.maximum(prob, labels, np.arange(1, n + 1))[sizes >= min_pixels]
             n_truth += len(peaks)
             found += np.sum(peaks[None, :] >= thresholds[:, None], axis=1)
         for k, th in enumerate(thresholds):
             pred, m = ndimage.label(prob >= th, structure=structure)
             if m == 0:
                 continue
-            index = np.arange(1, m + 1)
-            sizes = ndimage.sum_labels(np.ones_like(prob), pred, index)
-            hits = ndimage.maximum(truth, pred, index)
+            sizes = np.bincount(pred.ravel(), minlength=m + 1)[1:]
+            hits = np.bincount(pred.ravel(), weights=truth.ravel(), minlength=m + 1)[1:] > 0
             keep = sizes >= min_pixels
             n_pred[k] += np.sum(keep)
-            n_false[k] += np.sum(keep & ~hits.astype(bool))
+            n_false[k] += np.sum(keep & ~hits)
     recall = found / max(n_truth, 1)
     precision = (n_pred - n_false) / np.maximum(n_pred, 1)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
