@@ -807,6 +807,7 @@ def balanced_sampler(
     num_samples: int | None = None,
     seed: int = 0,
     use_sample_weight: bool = True,
+    tile_weights: np.ndarray | None = None,
 ) -> torch.utils.data.WeightedRandomSampler:
     """Make a sampler that draws tiles with a trail at a given rate.
 
@@ -825,6 +826,10 @@ def balanced_sampler(
         Within each class, draw tiles in proportion to the shards'
         ``sample_weight`` column when the dataset has one (tiles whose trail
         the stack-like detection missed are oversampled); the class
+        fractions are unchanged.
+    tile_weights : `numpy.ndarray`, optional
+        Further non-negative per-tile factors on the draw rates within each
+        class (a curriculum, oversampling of some tiles); the class
         fractions are unchanged.
 
     Returns
@@ -854,6 +859,11 @@ def balanced_sampler(
         within = np.asarray(meta["sample_weight"], dtype=float)
         if np.any(~np.isfinite(within) | (within < 0)):
             raise ValueError("sample_weight must be finite and non-negative.")
+    if tile_weights is not None:
+        extra = np.asarray(tile_weights, dtype=float)
+        if extra.shape != flags.shape or np.any(~np.isfinite(extra) | (extra < 0)):
+            raise ValueError(f"tile_weights must be {len(flags)} finite non-negative values.")
+        within = within * extra
     pos_total = max(float(within[flags].sum()), 1e-300)
     neg_total = max(float(within[~flags].sum()), 1e-300)
     weights = np.where(

@@ -420,23 +420,13 @@ def _sampler(dataset, config: TrainingConfig, epoch: int, rank: int, world: int,
     has = np.asarray(dataset.has_trail, dtype=bool)
     # A set with only one class is sampled as it is.
     fraction = config.positive_fraction if 0 < has.sum() < len(has) else float(has.mean())
-    sampler = balanced_sampler(dataset, positive_fraction=fraction, num_samples=n, seed=seed)
     extra = _curriculum_weights(dataset, config, epoch)
     if small is not None and np.any(small):
         boost = np.where(small, float(config.oversample_small_trails.get("factor", 4.0)), 1.0)
         extra = boost if extra is None else extra * boost
-    if extra is not None and np.any(extra[has] > 0):
-        weights = sampler.weights.numpy() * extra
-        # Keep the class fractions: renormalize the tiles with and without trails separately.
-        for flag, share in ((True, fraction), (False, 1.0 - fraction)):
-            part = has == flag
-            total = weights[part].sum()
-            if total > 0:
-                weights[part] *= share / total
-        sampler = torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(weights), n, replacement=True, generator=sampler.generator
-        )
-    return sampler
+    if extra is not None and not np.any(extra[has] > 0):
+        extra = None  # a filter that would leave no trail is not applied
+    return balanced_sampler(dataset, positive_fraction=fraction, num_samples=n, seed=seed, tile_weights=extra)
 
 
 def _freeze_schedule(model, config: TrainingConfig, epoch: int) -> int:
