@@ -565,7 +565,7 @@ def train(
     )
     model = build_model(architecture)
     if init is not None:
-        model.load_state_dict(init.build().state_dict())
+        model.load_state_dict(init.torch_tensors(), strict=True)
         say(f"weights initialized from {config.init_model}")
     if config.pretrained_encoder:
         source = TrailDetectorModel.load(config.pretrained_encoder).build()
