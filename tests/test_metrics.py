@@ -43,7 +43,9 @@ from lsst.trail_detect.evaluation.metrics import (
     fit_completeness_curve,
     headline_table,
     ideal_completeness,
+    ideal_shape_completeness,
     offset_from_ideal,
+    point_source_overlap,
     precision_recall_curve,
     roc_curve,
     wilson_interval,
@@ -125,6 +127,52 @@ class IdealAndWilsonTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(values[:4], [0.5, 0.841345, 0.158655, 0.022750], atol=1e-6)
         self.assertTrue(np.isnan(values[4]))
         self.assertAlmostEqual(float(ideal_completeness(5.0, threshold=5.0)), 0.5)
+
+    def test_point_source_overlap_against_pixels(self):
+        # The normalized inner product of a rendered trail (Gaussians spread finely along the
+        # segment, at a slant) with a Gaussian at its centre, on a fine grid.
+        sigma = 2.0
+        y, x = np.mgrid[-60:60.01:0.25, -60:60.01:0.25]
+        point = np.exp(-(x**2 + y**2) / (2 * sigma**2))
+        for length in (1.0, 4.0, 8.0, 20.0, 50.0):
+            angle = 0.7
+            image = np.zeros_like(x)
+            n = int(length * 20)
+            for s in (np.arange(n) + 0.5) * length / n - length / 2:
+                dx, dy = x - s * np.cos(angle), y - s * np.sin(angle)
+                image += np.exp(-(dx**2 + dy**2) / (2 * sigma**2))
+            rho = np.sum(image * point) / np.sqrt(np.sum(image**2) * np.sum(point**2))
+            self.assertAlmostEqual(float(point_source_overlap(length, sigma)), rho, delta=1e-4, msg=length)
+
+    def test_point_source_overlap_limits(self):
+        lengths = np.array([0.0, 1e-6, 0.5, 2.0, 5.0, 10.0, 40.0])
+        rho = point_source_overlap(lengths, 1.5)
+        self.assertEqual(rho[0], 1.0)
+        self.assertAlmostEqual(float(rho[1]), 1.0, places=9)
+        self.assertTrue(np.all(np.diff(rho[1:]) < 0))
+        # Depends on length / sigma only; long trails fall as sqrt(2 sqrt(pi) sigma / L).
+        np.testing.assert_allclose(point_source_overlap(2 * lengths, 3.0), rho)
+        self.assertAlmostEqual(
+            float(point_source_overlap(4000.0, 1.0)), np.sqrt(2 * np.sqrt(np.pi) / 4000.0), delta=1e-4
+        )
+        bad = point_source_overlap([5.0, np.nan, 5.0], [np.nan, 1.0, 0.0])
+        self.assertTrue(np.all(np.isnan(bad)))
+
+    def test_ideal_shape_completeness(self):
+        nu, length, sigma = np.array([8.0, 20.0, 20.0, 40.0]), np.array([60.0, 3.0, 10.0, 200.0]), 1.5
+        rho = point_source_overlap(length, sigma)
+        expected = stats.norm.cdf(nu - 6.0) * stats.norm.cdf(nu * np.sqrt(1 - rho**2) - 3.0)
+        values = ideal_shape_completeness(nu, length, sigma)
+        np.testing.assert_allclose(values, expected)
+        self.assertTrue(np.all(values <= ideal_completeness(nu)))
+        # A long bright trail is as easy as for the ideal detector; a 3 px one at SNR 20 is not.
+        self.assertAlmostEqual(float(values[3]), float(ideal_completeness(40.0)), places=6)
+        self.assertLess(values[1], 0.25)
+        self.assertGreater(values[2], 0.99)
+        self.assertAlmostEqual(
+            float(ideal_shape_completeness(20.0, 3.0, 1.5, threshold=5.0, shape_threshold=2.0)),
+            float(stats.norm.cdf(15.0) * stats.norm.cdf(20.0 * np.sqrt(1 - rho[1] ** 2) - 2.0)),
+        )
 
     def test_wilson_hand_value(self):
         # k = 8, n = 10, z = 1: centre (0.8 + 0.05) / 1.1, half sqrt(0.016 + 0.0025) / 1.1.
@@ -285,6 +333,17 @@ class EvaluateTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(curves["stack_found_single"]["completeness"], [0.1, 0.4, 0.9])
         np.testing.assert_allclose(curves["hough"]["completeness"], [0.5, 0.5, 0.5])
         np.testing.assert_allclose(curves["ideal"]["completeness"], stats.norm.cdf([-1.5, 3.0, 19.0]))
+        truth = self.table[self.table["row_type"] == "truth"]
+        shape = ideal_shape_completeness(truth["nu_opt"], truth["trail_length"], truth["psf_sigma"])
+        bins = np.digitize(truth["nu_det"], [2, 5, 10, 31]) - 1
+        np.testing.assert_allclose(
+            curves["ideal_shape"]["completeness"], [shape[bins == k].mean() for k in range(3)]
+        )
+        self.assertEqual(metrics["shape_threshold"], 3.0)
+        self.assertIn("ideal+shape", headline_table(metrics))
+        without = evaluate_matches(self.table, shape_threshold=None)
+        self.assertNotIn("ideal_shape", without["completeness_nu_det"])
+        self.assertNotIn("ideal+shape", headline_table(without))
         self.assertEqual(curves["cnn"]["n"], [10, 10, 10])
         self.assertAlmostEqual(metrics["false_positives_per_4k_detector"], 8.0)
         self.assertAlmostEqual(metrics["purity"], 19 / 23)

@@ -580,8 +580,15 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
         metrics = butler.get("trail_detection_metrics", instrument="SimCam")
         self.assertEqual(metrics["n_truth"], n_truth)
         self.assertEqual(metrics["n_images"], VISITS * DETECTORS)
-        for curve in ("cnn", "stack", "hough", "ideal"):
+        for curve in ("cnn", "stack", "hough", "ideal", "ideal_shape"):
             self.assertIn(curve, metrics["completeness_nu_det"])
+        # Telling trails from stars can only cost the ideal detector completeness.
+        for shaped, ideal in zip(
+            metrics["completeness_nu_det"]["ideal_shape"]["completeness"],
+            metrics["completeness_nu_det"]["ideal"]["completeness"],
+        ):
+            if ideal is not None and np.isfinite(ideal):
+                self.assertLessEqual(shaped, ideal + 1e-12)
         self.assertTrue(metrics["goals"])
         out = os.path.join(self.tmp, "report")
         proc = run_cli("report", self.repo, "--collections", collection, "--out", out)

@@ -105,6 +105,12 @@ class EvaluateTrailDetectionConfig(
     ideal_threshold = pexConfig.Field[float](
         doc="Threshold t of the ideal matched-filter detector, Phi(nu_opt - t).", default=6.0
     )
+    shape_threshold = pexConfig.Field[float](
+        doc="Significance threshold of the shape-limited ideal detector's trail-or-point-source test "
+        "(3 lets about 10 of the 7400 stack sources of a 4k detector through); None leaves that curve out.",
+        default=3.0,
+        optional=True,
+    )
     do_pixel_level = pexConfig.Field[bool](doc="Pixel-level ROC and PR curves.", default=True)
     pixels_per_image = pexConfig.Field[int](
         doc="Pixels sampled uniformly per image for the pixel-level curves.",
@@ -145,7 +151,8 @@ class EvaluateTrailDetectionTask(pipeBase.PipelineTask):
     Completeness per ``nu_det`` bin (2-5, 5-10, 10-31, the published
     trail-CNN blind-test bins) and against ``nu_opt`` per length bin for the
     CNN, the stack-like 5 sigma detection, the classical Hough baseline and
-    the ideal matched-filter detector ``Phi(nu_opt - t)``; the offset of the
+    the ideal matched-filter detector ``Phi(nu_opt - t)`` and the ideal
+    detector that must also tell each trail from a point source; the offset of the
     CNN's 50% point from the ideal one; false positives per 4k x
     4k-equivalent detector and their classes; purity; object- and
     pixel-level ROC and precision-recall curves with their areas; the score
@@ -201,6 +208,7 @@ class EvaluateTrailDetectionTask(pipeBase.PipelineTask):
             length_edges=tuple(c.length_edges),
             min_score=c.min_score,
             ideal_threshold=c.ideal_threshold,
+            shape_threshold=c.shape_threshold,
             pixel_scores=pixel_scores,
             pixel_labels=pixel_labels,
         )

@@ -27,7 +27,12 @@ The input is the ``trail_matches`` table: one row per injected truth trail
 truth (``"false_positive"`` or ``"fragment"``). The ideal detector is the
 matched filter on a known template with a blind-search threshold ``t`` in
 units of the optimal SNR: ``C(nu_opt) = Phi(nu_opt - t)``, with ``t = 6``
-for about one false alarm per 4096x4096 detector.
+for about one false alarm per 4096x4096 detector. The shape-limited ideal
+detector must also tell the trail from a point source at the same place, a
+test whose significance is ``nu_opt * sqrt(1 - rho**2)``, with ``rho`` the
+overlap of the trail with the best-matching point source
+(`point_source_overlap`); short trails are no brighter than stars of the
+same flux in that test, which bounds what any single-visit detector can do.
 
 All functions are plain numpy/scipy; `evaluate_matches` gathers them into a
 JSON-serializable dict (python floats, ints, bools, strings and lists;
@@ -47,7 +52,9 @@ __all__ = (
     "fit_completeness_curve",
     "headline_table",
     "ideal_completeness",
+    "ideal_shape_completeness",
     "offset_from_ideal",
+    "point_source_overlap",
     "precision_recall_curve",
     "roc_curve",
     "wilson_interval",
@@ -58,7 +65,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 DETECTOR_4K_PIXELS = 4096 * 4096
 """Pixels of the 4k x 4k detector that false-positive rates are normalised to."""
@@ -181,6 +188,87 @@ def ideal_completeness(nu_opt: Any, threshold: float = 6.0) -> np.ndarray:
         ``Phi(nu_opt - threshold)``, NaN where ``nu_opt`` is NaN.
     """
     return stats.norm.cdf(np.asarray(nu_opt, dtype=float) - threshold)
+
+
+def point_source_overlap(length: Any, psf_sigma: Any) -> np.ndarray:
+    """Overlap of a trail's image with that of a point source, for a Gaussian PSF.
+
+    The normalized inner product ``rho = <T, P> / sqrt(<T, T> <P, P>)`` of
+    a trail ``T`` (a segment of the given length convolved with the PSF)
+    and a point source ``P`` at the trail's centre, the position that
+    matches it best. Across the trail both are the same Gaussian, which
+    cancels; along it, with ``x = length / psf_sigma``::
+
+        <T, P> = erf(x / 4) / x
+        <P, P> = 1 / (2 sqrt(pi))
+        <T, T> = (x erf(x / 2) - (2 / sqrt(pi)) (1 - exp(-x**2 / 4))) / x**2
+
+    Parameters
+    ----------
+    length : array-like
+        Trail length (pixels); zero is a point source.
+    psf_sigma : array-like
+        Gaussian sigma of the PSF (pixels).
+
+    Returns
+    -------
+    rho : `numpy.ndarray`
+        Between 0 and 1: 1 for a point source, falling as ``sqrt(2 sqrt(pi)
+        psf_sigma / length)`` for long trails; NaN where an input is NaN or
+        the PSF width is not positive.
+    """
+    length = np.clip(np.asarray(length, dtype=float), 0.0, None)
+    sigma = np.asarray(psf_sigma, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(sigma > 0, length / sigma, np.nan)
+    short = x < 1e-3
+    xs = np.where(short | ~np.isfinite(x), 1.0, x)
+    tp = special.erf(xs / 4.0) / xs
+    pp = 1.0 / (2.0 * math.sqrt(math.pi))
+    tt = (xs * special.erf(xs / 2.0) - (2.0 / math.sqrt(math.pi)) * -np.expm1(-(xs**2) / 4.0)) / xs**2
+    rho = np.clip(tp / np.sqrt(tt * pp), 0.0, 1.0)
+    rho = np.where(short, 1.0, rho)
+    return np.where(np.isfinite(x), rho, np.nan)
+
+
+def ideal_shape_completeness(
+    nu_opt: Any, length: Any, psf_sigma: Any, threshold: float = 6.0, shape_threshold: float = 3.0
+) -> np.ndarray:
+    """Completeness of the ideal detector that must also tell a trail from a star.
+
+    The matched filter finds the trail with probability
+    ``Phi(nu_opt - threshold)``; it then calls it a trail, not a point
+    source, when the likelihood ratio of the two templates is significant.
+    That test's signal-to-noise is ``nu_opt * sqrt(1 - rho**2)``
+    (`point_source_overlap`), so::
+
+        C = Phi(nu_opt - threshold) * Phi(nu_opt * sqrt(1 - rho**2) - shape_threshold)
+
+    Parameters
+    ----------
+    nu_opt : array-like
+        Optimal (matched-filter) SNR of each trail.
+    length : array-like
+        Trail length (pixels).
+    psf_sigma : array-like
+        Gaussian sigma of the PSF (pixels) on the trail's image.
+    threshold : `float`, optional
+        Detection threshold, as in `ideal_completeness`.
+    shape_threshold : `float`, optional
+        Significance a point source reaches by chance with the allowed
+        probability: 3.0 lets about 1.3e-3 of them through, 10 of the 7400
+        stack sources of a 4k detector of the embedded survey.
+
+    Returns
+    -------
+    completeness : `numpy.ndarray`
+        At most `ideal_completeness`, equal to it for long bright trails;
+        NaN where an input is NaN.
+    """
+    nu_opt = np.asarray(nu_opt, dtype=float)
+    rho = point_source_overlap(length, psf_sigma)
+    separation = nu_opt * np.sqrt(1.0 - rho**2)
+    return ideal_completeness(nu_opt, threshold) * stats.norm.cdf(separation - shape_threshold)
 
 
 def wilson_interval(k: Any, n: Any, z: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -758,6 +846,7 @@ def evaluate_matches(
     nu_opt_edges: Sequence[float] = (*range(0, 13), 14, 17, 20, 31, 100),
     min_score: float = 0.0,
     ideal_threshold: float = 6.0,
+    shape_threshold: float | None = 3.0,
     pixel_scores: Any = None,
     pixel_labels: Any = None,
     area_pixels: float | None = None,
@@ -777,6 +866,10 @@ def evaluate_matches(
         ``score >= min_score`` (truth rows by their matched detection's score).
     ideal_threshold : `float`, optional
         Threshold ``t`` of the ideal matched-filter detector.
+    shape_threshold : `float` or `None`, optional
+        Threshold of the shape-limited ideal detector's trail-or-star test
+        (`ideal_shape_completeness`); `None` leaves that curve out. It needs
+        the ``psf_sigma`` column.
     pixel_scores, pixel_labels : array-like or sequence of arrays, optional
         Sampled pixel probabilities and labels (per image arrays are
         concatenated) for pixel-level ROC, PR and calibration.
@@ -790,7 +883,7 @@ def evaluate_matches(
     metrics : `dict`
         Keys:
 
-        - ``min_score``, ``ideal_threshold``, ``n_truth``, ``n_images``,
+        - ``min_score``, ``ideal_threshold``, ``shape_threshold``, ``n_truth``, ``n_images``,
           ``area_4k_detectors``, ``detectors``: the curve names present
           (``cnn``, ``stack``, ``stack_found_single``, ``hough``);
         - ``completeness_nu_det`` and ``completeness_nu_opt``: ``edges``,
@@ -798,7 +891,8 @@ def evaluate_matches(
           (``cnn``; ``stack``: ``stack_status`` found or broken, i.e.
           detected by the stack at all; ``stack_found_single``: found as
           one source; ``hough`` if the column exists; ``ideal``: mean of
-          ``Phi(nu_opt - t)`` over the trails in the bin), and ``fits``:
+          ``Phi(nu_opt - t)`` over the trails in the bin; ``ideal_shape``:
+          mean of `ideal_shape_completeness`), and ``fits``:
           `fit_completeness_curve` per detector in that variable;
         - ``completeness_by_length``: ``edges``, ``labels`` and ``bins``, a
           list with, per length bin, the ``nu_opt`` curves as above;
@@ -839,6 +933,11 @@ def evaluate_matches(
     if "hough_detected" in names:
         outcomes["hough"] = _col(t, "hough_detected", dtype=bool, fill=False)
     ideal = ideal_completeness(nu_opt, ideal_threshold)
+    ideal_shape = None
+    if shape_threshold is not None and "psf_sigma" in names:
+        ideal_shape = ideal_shape_completeness(
+            nu_opt, length, _col(t, "psf_sigma"), ideal_threshold, shape_threshold
+        )
 
     def curves(values: np.ndarray, edges: Sequence[float], sel: np.ndarray | None = None) -> dict:
         sel = np.ones(values.shape, dtype=bool) if sel is None else sel
@@ -846,12 +945,15 @@ def evaluate_matches(
         for name, det in outcomes.items():
             out[name] = binned_completeness(values[sel], det[sel], edges)
         out["ideal"] = _binned_mean(values[sel], ideal[sel], edges)
+        if ideal_shape is not None:
+            out["ideal_shape"] = _binned_mean(values[sel], ideal_shape[sel], edges)
         out["fits"] = {name: fit_completeness_curve(values[sel], det[sel]) for name, det in outcomes.items()}
         return out
 
     metrics: dict[str, Any] = {
         "min_score": float(min_score),
         "ideal_threshold": float(ideal_threshold),
+        "shape_threshold": math.nan if ideal_shape is None else float(shape_threshold),
         "n_truth": int(truth.sum()),
         "detectors": list(outcomes),
     }
@@ -1001,12 +1103,13 @@ def headline_table(metrics: Mapping) -> str:
         One row per ``nu_det`` bin with the number of trails and the
         completeness of the CNN (with its 68% interval), the stack (found or
         broken, and found as a single source), the Hough detector (when
-        present) and the ideal detector; then the false positives per 4k
+        present), the ideal detector and the shape-limited ideal detector
+        (when measured); then the false positives per 4k
         detector, the purity at the operating point and the goals.
     """
     curves = metrics["completeness_nu_det"]
     columns = [("CNN", "cnn"), ("stack", "stack"), ("stack 1-src", "stack_found_single")]
-    columns += [("Hough", "hough"), ("ideal", "ideal")]
+    columns += [("Hough", "hough"), ("ideal", "ideal"), ("ideal+shape", "ideal_shape")]
     columns = [(title, key) for title, key in columns if key in curves]
     header = f"{'nu_det':>8} {'n':>6} {'CNN [68%]':>21}" + "".join(
         f" {title:>11}" for title, _ in columns[1:]
@@ -1023,6 +1126,11 @@ def headline_table(metrics: Mapping) -> str:
         row = f"{label:>8} {int(c['n'][i]):>6} {cell:>21}"
         row += "".join(f" {_fmt(curves[key]['completeness'][i]):>11}" for _, key in columns[1:])
         lines.append(row)
+    if "ideal_shape" in curves:
+        lines.append(
+            "ideal+shape: the ideal detector that must also tell the trail from a point source "
+            f"(test threshold {_fmt(metrics.get('shape_threshold'), 'g')} sigma)"
+        )
     fp = metrics["false_positives"]
     lines.append("")
     lines.append(

@@ -51,6 +51,7 @@ _STYLES = {
     "stack_found_single": {"label": "stack (one source)", "color": "C1", "marker": "s", "mfc": "none"},
     "hough": {"label": "Hough", "color": "C2", "marker": "^"},
     "ideal": {"label": "ideal matched filter", "color": "k", "marker": "x"},
+    "ideal_shape": {"label": "ideal, telling trails from stars", "color": "0.45", "marker": "+"},
 }
 
 
@@ -96,8 +97,8 @@ def _draw_curves(
         ok = np.isfinite(c)
         if not np.any(ok):
             continue
-        if key == "ideal":
-            if smooth_ideal and threshold is not None:
+        if key in ("ideal", "ideal_shape"):
+            if key == "ideal" and smooth_ideal and threshold is not None:
                 continue
             ax.plot(x[ok], c[ok], ls="--", color=style["color"], marker=style["marker"], label=style["label"])
             continue

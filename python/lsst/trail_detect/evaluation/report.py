@@ -52,7 +52,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _completeness_rows(curves: Mapping) -> tuple[list[str], list[list[Any]]]:
-    detectors = [name for name in ("cnn", "stack", "stack_found_single", "hough", "ideal") if name in curves]
+    detectors = [
+        name
+        for name in ("cnn", "stack", "stack_found_single", "hough", "ideal", "ideal_shape")
+        if name in curves
+    ]
     header = ["bin"] + [f"{name} completeness" for name in detectors] + ["trails"]
     rows = []
     for k, label in enumerate(curves["labels"]):
@@ -106,7 +110,9 @@ def write_report(metrics: Mapping, out_dir: str | os.PathLike, *, title: str = "
         f"<p>{_fmt(trail_metrics.get('n_truth'))} injected trails on {_fmt(trail_metrics.get('n_images'))} "
         f"images ({_fmt(trail_metrics.get('area_4k_detectors'))} 4k x 4k-equivalent detectors); CNN score "
         f"cut {_fmt(trail_metrics.get('min_score'))}; ideal detector Phi(nu_opt - "
-        f"{_fmt(trail_metrics.get('ideal_threshold'))}).</p>"
+        f"{_fmt(trail_metrics.get('ideal_threshold'))}); the shape-limited ideal detector (ideal_shape) "
+        "must also tell each trail from a point source of the same flux, which short trails do not allow "
+        "at low SNR.</p>"
     )
     parts.append("<h2>Headline</h2><pre>" + html.escape(headline_table(trail_metrics)) + "</pre>")
     goals = trail_metrics.get("goals", [])
