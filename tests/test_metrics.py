@@ -51,6 +51,7 @@ from lsst.trail_detect.evaluation.metrics import (
     wilson_interval,
 )
 from lsst.trail_detect.evaluation.plots import make_all_plots
+from lsst.trail_detect.injection.catalog import nu_det_closed_form, nu_opt_closed_form
 
 
 def match_table(truth, fps=(), fragments=(), images=((1, 10), (1, 11)), pixels=2048 * 2048, hough=None):
@@ -155,6 +156,11 @@ class IdealAndWilsonTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(
             float(point_source_overlap(4000.0, 1.0)), np.sqrt(2 * np.sqrt(np.pi) / 4000.0), delta=1e-4
         )
+        # For a Gaussian PSF the overlap is nu_det / nu_opt: the point-source filter's peak SNR on the
+        # trail over the trail's matched-filter SNR (the injection catalog's closed forms).
+        for length in (0.5, 3.0, 10.0, 40.0, 110.0):
+            ratio = nu_det_closed_form(1e3, length, 1.7, 2.0) / nu_opt_closed_form(1e3, length, 1.7, 2.0)
+            self.assertAlmostEqual(float(point_source_overlap(length, 1.7)), float(ratio), places=9)
         bad = point_source_overlap([5.0, np.nan, 5.0], [np.nan, 1.0, 0.0])
         self.assertTrue(np.all(np.isnan(bad)))
 

@@ -203,6 +203,11 @@ def point_source_overlap(length: Any, psf_sigma: Any) -> np.ndarray:
         <P, P> = 1 / (2 sqrt(pi))
         <T, T> = (x erf(x / 2) - (2 / sqrt(pi)) (1 - exp(-x**2 / 4))) / x**2
 
+    This is also ``nu_det / nu_opt``, the peak SNR of the point-source
+    filter on the trail over its matched-filter SNR, so the trail-or-star
+    test of `ideal_shape_completeness` has significance
+    ``sqrt(nu_opt**2 - nu_det**2)``.
+
     Parameters
     ----------
     length : array-like
