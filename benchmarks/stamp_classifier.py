@@ -24,7 +24,8 @@
 Usage::
 
     python benchmarks/stamp_classifier.py --train REPO COLLECTION [--train REPO COLLECTION ...]
-                                          --test REPO COLLECTION [--epochs 12] [--seed 0]
+                                          --test REPO COLLECTION [--cnn REPO COLLECTION]
+                                          [--epochs 12] [--seed 0]
 
 A second route to short trails: take every source of ``injected_source``
 (the stack-like 5 sigma detection run on the injected images), cut a 33 x 33
@@ -42,6 +43,12 @@ length and ``nu_det`` bin, beside the shape-limited ideal detector
 same trails; then the truth classes (`visit_image_truth`) of the sources
 that pass the cut on the test images. Trails the stack missed count as
 missed.
+
+With ``--cnn``, the CNN's ``trail_matches`` of the same test images (made
+with ``min_score`` 0) are read too, and the budget of 10 false positives
+per 4k detector is split between the CNN and the classifier: the union of
+what each finds at its share is printed per ``nu_det`` bin, counting the
+false positives of both (an object flagged by both counts twice).
 """
 
 import argparse
@@ -123,6 +130,9 @@ def gather(repo, collection, image_offset=0):
         for name in ("length_clipped", "nu_det", "nu_opt"):
             trails[name].append(np.asarray(truth[name], dtype=float))
         trails["sigma"].append(np.full(len(truth), sigma))
+        trails["visit"].append(np.full(len(truth), int(ref.dataId["visit"])))
+        trails["detector"].append(np.full(len(truth), int(ref.dataId["detector"])))
+        trails["injection_id"].append(np.asarray(truth["injection_id"], dtype=np.int64))
         pixels = image.image.array.size
     data = {k: (np.stack(v) if k == "stamps" else np.concatenate(v)) for k, v in out.items()}
     trail_data = {k: np.concatenate(v) for k, v in trails.items()}
@@ -209,10 +219,55 @@ def report(name, data, trails, scores, n_images, pixels):
     print(f"  non-trail sources passing the cut, by truth class: {classes}")
 
 
+def _cut(false_scores, budget_fp):
+    """Lowest score that passes at most ``budget_fp`` of the false scores."""
+    ranked = np.sort(false_scores[np.isfinite(false_scores)])[::-1]
+    allowed = int(np.floor(budget_fp + 1e-9))
+    return ranked[allowed] if allowed < ranked.size else -np.inf
+
+
+def report_union(data, trails, scores, n_images, pixels, cnn_repo, cnn_collection):
+    """Completeness per nu_det bin of the CNN, the classifier and their union at split budgets."""
+    from astropy.table import vstack
+
+    from lsst.daf.butler import Butler
+
+    butler = Butler(cnn_repo)
+    refs = butler.query_datasets("trail_matches", collections=cnn_collection, limit=None)
+    matches = vstack([butler.get(ref) for ref in refs], metadata_conflicts="silent")
+    truth = matches[matches["row_type"] == "truth"]
+    cnn_false = np.asarray(matches["score"][matches["row_type"] == "false_positive"], dtype=float)
+    cnn_score = {
+        (int(v), int(d), int(i)): (float(s) if found else -np.inf)
+        for v, d, i, found, s in zip(
+            truth["visit"], truth["detector"], truth["injection_id"], truth["detected"], truth["score"]
+        )
+    }
+    keys = zip(trails["visit"], trails["detector"], trails["injection_id"])
+    trail_cnn = np.array([cnn_score.get((int(v), int(d), int(i)), np.nan) for v, d, i in keys])
+    if np.isnan(trail_cnn).any():
+        raise SystemExit(f"{int(np.isnan(trail_cnn).sum())} test trails have no row in {cnn_collection}.")
+    n_4k = n_images * pixels / PIXELS_4K
+    stamp_false = scores[~data["label"]]
+    print(f"CNN ({cnn_collection}) and classifier sharing {FP_PER_4K:g} FP per 4k detector:")
+    print(f"  {'CNN FP':>6} {'stamps FP':>9}   " + "  ".join(f"nu_det {a}-{b}" for a, b in NU_BINS))
+    for share in (1.0, 0.75, 0.5, 0.25, 0.0):
+        cnn_found = trail_cnn > _cut(cnn_false, share * FP_PER_4K * n_4k)
+        cnn_found &= share > 0
+        stamp_cut = _cut(stamp_false, (1 - share) * FP_PER_4K * n_4k)
+        found_ids = set(data["trail"][data["label"] & (scores > stamp_cut)]) if share < 1 else set()
+        found = cnn_found | np.isin(trails["id"], list(found_ids))
+        cells = "  ".join(
+            f"{found[(trails['nu_det'] >= a) & (trails['nu_det'] < b)].mean():>11.3f}" for a, b in NU_BINS
+        )
+        print(f"  {share * FP_PER_4K:>6.1f} {(1 - share) * FP_PER_4K:>9.1f}   {cells}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", nargs=2, action="append", metavar=("REPO", "COLLECTION"), required=True)
     parser.add_argument("--test", nargs=2, action="append", metavar=("REPO", "COLLECTION"), required=True)
+    parser.add_argument("--cnn", nargs=2, metavar=("REPO", "COLLECTION"), help="CNN trail_matches.")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--steps", type=int, default=200, help="Batches of 256 stamps per epoch.")
     parser.add_argument("--seed", type=int, default=0)
@@ -270,7 +325,10 @@ def main():
         print(f"epoch {epoch + 1}/{args.epochs}: loss {total / args.steps:.4f}", flush=True)
     print(f"training took {time.perf_counter() - start:.0f} s")
     report("validation", val, val_t, score(net, val), n_val, pixels)
-    report("test", test, test_t, score(net, test), n_test, test_pixels)
+    test_scores = score(net, test)
+    report("test", test, test_t, test_scores, n_test, test_pixels)
+    if args.cnn:
+        report_union(test, test_t, test_scores, n_test, test_pixels, *args.cnn)
 
 
 if __name__ == "__main__":
