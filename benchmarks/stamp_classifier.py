@@ -193,13 +193,12 @@ def score(net, data):
 
 def report(name, data, trails, scores, n_images, pixels):
     """Completeness at the false-positive budget per bin, beside the shape-limited ideal."""
-    from lsst.trail_detect.evaluation.metrics import ideal_shape_completeness
+    from lsst.trail_detect.evaluation.metrics import ideal_shape_completeness, score_at_fp_budget
 
-    negatives = np.sort(scores[~data["label"]])[::-1]
-    allowed = int(FP_PER_4K * n_images * pixels / PIXELS_4K)
-    cut = negatives[allowed] if allowed < negatives.size else 0.0
-    found_ids = set(data["trail"][data["label"] & (scores > cut)])
-    found = np.isin(trails["id"], list(found_ids))
+    n_4k = n_images * pixels / PIXELS_4K
+    allowed = int(np.floor(FP_PER_4K * n_4k + 1e-9))
+    cut = score_at_fp_budget(scores[~data["label"]], n_4k, FP_PER_4K)
+    found = _found_trails(data, trails, scores, cut)
     ideal = ideal_shape_completeness(trails["nu_opt"], trails["length_clipped"], trails["sigma"])
     print(f"{name}: {n_images} images, cut {cut:.4f} ({allowed} non-trail sources pass)")
     print(f"  {'length':>9} {'nu_det':>7} {'trails':>6} {'classifier':>10} {'ideal+shape':>11}")
@@ -214,16 +213,14 @@ def report(name, data, trails, scores, n_images, pixels):
     for a, b in NU_BINS:
         m = (trails["nu_det"] >= a) & (trails["nu_det"] < b)
         print(f"  all lengths nu_det {a}-{b}: {found[m].mean():.3f} of {m.sum()}")
-    passed = (~data["label"]) & (scores > cut)
+    passed = (~data["label"]) & (scores >= cut)
     classes = dict(collections.Counter(data["kind"][passed]))
     print(f"  non-trail sources passing the cut, by truth class: {classes}")
 
 
-def _cut(false_scores, budget_fp):
-    """Lowest score that passes at most ``budget_fp`` of the false scores."""
-    ranked = np.sort(false_scores[np.isfinite(false_scores)])[::-1]
-    allowed = int(np.floor(budget_fp + 1e-9))
-    return ranked[allowed] if allowed < ranked.size else -np.inf
+def _found_trails(data, trails, scores, cut):
+    """Whether each trail has at least one of its sources scored at or above ``cut``."""
+    return np.isin(trails["id"], data["trail"][data["label"] & (scores >= cut)])
 
 
 def report_union(data, trails, scores, n_images, pixels, cnn_repo, cnn_collection):
@@ -231,6 +228,7 @@ def report_union(data, trails, scores, n_images, pixels, cnn_repo, cnn_collectio
     from astropy.table import vstack
 
     from lsst.daf.butler import Butler
+    from lsst.trail_detect.evaluation.metrics import score_at_fp_budget
 
     butler = Butler(cnn_repo)
     refs = butler.query_datasets("trail_matches", collections=cnn_collection, limit=None)
@@ -252,11 +250,9 @@ def report_union(data, trails, scores, n_images, pixels, cnn_repo, cnn_collectio
     print(f"CNN ({cnn_collection}) and classifier sharing {FP_PER_4K:g} FP per 4k detector:")
     print(f"  {'CNN FP':>6} {'stamps FP':>9}   " + "  ".join(f"nu_det {a}-{b}" for a, b in NU_BINS))
     for share in (1.0, 0.75, 0.5, 0.25, 0.0):
-        cnn_found = trail_cnn > _cut(cnn_false, share * FP_PER_4K * n_4k)
-        cnn_found &= share > 0
-        stamp_cut = _cut(stamp_false, (1 - share) * FP_PER_4K * n_4k)
-        found_ids = set(data["trail"][data["label"] & (scores > stamp_cut)]) if share < 1 else set()
-        found = cnn_found | np.isin(trails["id"], list(found_ids))
+        found = (trail_cnn >= score_at_fp_budget(cnn_false, n_4k, share * FP_PER_4K)) & (share > 0)
+        stamp_cut = score_at_fp_budget(stamp_false, n_4k, (1 - share) * FP_PER_4K)
+        found |= _found_trails(data, trails, scores, stamp_cut) & (share < 1)
         cells = "  ".join(
             f"{found[(trails['nu_det'] >= a) & (trails['nu_det'] < b)].mean():>11.3f}" for a, b in NU_BINS
         )

@@ -57,6 +57,7 @@ __all__ = (
     "point_source_overlap",
     "precision_recall_curve",
     "roc_curve",
+    "score_at_fp_budget",
     "wilson_interval",
 )
 
@@ -65,7 +66,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, stats
 
 DETECTOR_4K_PIXELS = 4096 * 4096
 """Pixels of the 4k x 4k detector that false-positive rates are normalised to."""
@@ -196,16 +197,10 @@ def point_source_overlap(length: Any, psf_sigma: Any) -> np.ndarray:
     The normalized inner product ``rho = <T, P> / sqrt(<T, T> <P, P>)`` of
     a trail ``T`` (a segment of the given length convolved with the PSF)
     and a point source ``P`` at the trail's centre, the position that
-    matches it best. Across the trail both are the same Gaussian, which
-    cancels; along it, with ``x = length / psf_sigma``::
-
-        <T, P> = erf(x / 4) / x
-        <P, P> = 1 / (2 sqrt(pi))
-        <T, T> = (x erf(x / 2) - (2 / sqrt(pi)) (1 - exp(-x**2 / 4))) / x**2
-
-    This is also ``nu_det / nu_opt``, the peak SNR of the point-source
-    filter on the trail over its matched-filter SNR, so the trail-or-star
-    test of `ideal_shape_completeness` has significance
+    matches it best. It is ``nu_det / nu_opt``: the peak SNR of the
+    point-source filter on the trail over its matched-filter SNR (the
+    closed forms of `~lsst.trail_detect.injection.catalog`), so the
+    trail-or-star test of `ideal_shape_completeness` has significance
     ``sqrt(nu_opt**2 - nu_det**2)``.
 
     Parameters
@@ -222,18 +217,17 @@ def point_source_overlap(length: Any, psf_sigma: Any) -> np.ndarray:
         psf_sigma / length)`` for long trails; NaN where an input is NaN or
         the PSF width is not positive.
     """
+    from ..injection.catalog import nu_det_closed_form, nu_opt_closed_form
+
     length = np.clip(np.asarray(length, dtype=float), 0.0, None)
     sigma = np.asarray(psf_sigma, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        x = np.where(sigma > 0, length / sigma, np.nan)
-    short = x < 1e-3
-    xs = np.where(short | ~np.isfinite(x), 1.0, x)
-    tp = special.erf(xs / 4.0) / xs
-    pp = 1.0 / (2.0 * math.sqrt(math.pi))
-    tt = (xs * special.erf(xs / 2.0) - (2.0 / math.sqrt(math.pi)) * -np.expm1(-(xs**2) / 4.0)) / xs**2
-    rho = np.clip(tp / np.sqrt(tt * pp), 0.0, 1.0)
-    rho = np.where(short, 1.0, rho)
-    return np.where(np.isfinite(x), rho, np.nan)
+    good = np.isfinite(length) & np.isfinite(sigma) & (sigma > 0)
+    sigma = np.where(good, sigma, 1.0)
+    length = np.where(good, length, 1.0)
+    rho = nu_det_closed_form(1.0, length, sigma, 1.0) / nu_opt_closed_form(1.0, length, sigma, 1.0)
+    # Below 1e-3 px both closed forms are the point-source limit; keep rounding from leaving 1.
+    rho = np.where(length < 1e-3, 1.0, np.clip(rho, 0.0, 1.0))
+    return np.where(good, rho, np.nan)
 
 
 def ideal_shape_completeness(
@@ -831,8 +825,24 @@ def false_positives_per_detector(
     }
 
 
-def _score_at_fp_budget(fp_scores: np.ndarray, n_4k: float, budget: float) -> float:
-    """Lowest score cut that keeps at most ``budget`` false positives per 4k detector."""
+def score_at_fp_budget(fp_scores: np.ndarray, n_4k: float, budget: float) -> float:
+    """Lowest score cut that keeps at most ``budget`` false positives per 4k detector.
+
+    Parameters
+    ----------
+    fp_scores : `numpy.ndarray`
+        Scores (at least 0) of the false detections; non-finite ones are ignored.
+    n_4k : `float`
+        Searched area in 4k x 4k detectors.
+    budget : `float`
+        False positives allowed per 4k detector.
+
+    Returns
+    -------
+    cut : `float`
+        Detections with ``score >= cut`` pass; 0 when the false detections
+        are within the budget anyway.
+    """
     allowed = int(math.floor(budget * n_4k + 1e-9))
     fp_scores = np.sort(fp_scores[np.isfinite(fp_scores)])[::-1]
     if fp_scores.size <= allowed:
@@ -1013,7 +1023,7 @@ def evaluate_matches(
         metrics["calibration"]["pixel"] = calibration_curve(pscores, plabels, calibration_bins)
 
     # Completeness at the score cut that meets the FP budget.
-    budget_cut = _score_at_fp_budget(all_score[is_fp], n_4k, GOAL_MAX_FP_PER_4K) if n_4k > 0 else math.nan
+    budget_cut = score_at_fp_budget(all_score[is_fp], n_4k, GOAL_MAX_FP_PER_4K) if n_4k > 0 else math.nan
     if np.isfinite(budget_cut):
         at_cut = _col(t, "detected", dtype=bool, fill=False) & _passes(
             truth_score, max(budget_cut, min_score)
