@@ -36,6 +36,7 @@ from scipy.ndimage import maximum_filter
 import lsst.utils.tests
 from lsst.trail_detect.models.networks import (
     HybridStarDetector,
+    LineFilterBank,
     ResAttentionUNet,
     StarCenterNet,
     architecture_of,
@@ -44,6 +45,9 @@ from lsst.trail_detect.models.networks import (
     default_architecture,
     encoder_kwargs,
     heatmap_peaks,
+    input_conv_key,
+    line_filter_kernels,
+    load_widened_state,
     loss_targets_for_candidates,
     model_size_bytes,
     prepare_for_inference,
@@ -452,6 +456,120 @@ class TransferTestCase(SingleThreadTestCase):
         self.assertLess(count_parameters(unet, trainable_only=True), count_parameters(unet))
         set_encoder_trainable(unet, None)
         self.assertEqual(count_parameters(unet, trainable_only=True), count_parameters(unet))
+
+
+class LineFilterTestCase(SingleThreadTestCase):
+    """The fixed segment matched filters and the networks that take them."""
+
+    def test_kernels_are_the_trail_model(self):
+        from lsst.trail_detect.detection.postprocess import trail_model
+
+        for length, n_angles, sigma in ((9.0, 8, 1.7), (25.0, 16, 1.2), (4.0, 3, 2.5)):
+            kernels = line_filter_kernels(length, n_angles, sigma).numpy()
+            size = kernels.shape[-1]
+            self.assertEqual(kernels.shape, (n_angles, 1, size, size))
+            self.assertEqual(size % 2, 1)
+            self.assertGreaterEqual(size, length + 6 * sigma)
+            half = size // 2
+            y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(float)
+            for k in range(n_angles):
+                theta = math.pi * k / n_angles
+                dx, dy = 0.5 * length * math.cos(theta), 0.5 * length * math.sin(theta)
+                model = trail_model(x, y, -dx, -dy, dx, dy, sigma)
+                model /= np.sqrt(np.sum(model**2))
+                np.testing.assert_allclose(kernels[k, 0], model, atol=1e-6)
+                self.assertAlmostEqual(float(np.sum(kernels[k, 0] ** 2)), 1.0, places=5)
+
+    def test_responses(self):
+        """Unit normal on white noise; the matched-filter SNR on a trail; isotropic on a star."""
+        bank = LineFilterBank([[9, 8], [25, 16]], sigma=1.7, clip=5.0)
+        self.assertEqual(bank.out_channels, 24)
+        self.assertEqual(dict(bank.state_dict()), {})  # rebuilt from the architecture, never stored
+        noise = torch.from_numpy(np.random.default_rng(3).normal(size=(1, 1, 400, 400)).astype(np.float32))
+        out = bank(noise)
+        self.assertEqual(out.shape, (1, 25, 400, 400))
+        self.assertTrue(torch.equal(out[:, :1], noise))
+        inner = out[0, 1:, 40:-40, 40:-40]
+        np.testing.assert_allclose(inner.mean(dim=(1, 2)).numpy(), 0.0, atol=0.05)
+        np.testing.assert_allclose(inner.std(dim=(1, 2)).numpy(), 1.0, atol=0.05)
+        # A noiseless trail of length 60 at angle 4 of 16 (45 degrees): the response at its centre
+        # in that channel is the signal-to-noise ratio of the kernel's piece of it, and the
+        # largest over the angles.
+        from lsst.trail_detect.detection.postprocess import trail_model
+
+        y, x = np.mgrid[0:121, 0:121].astype(float)
+        d = 30.0 / math.sqrt(2.0)
+        trail = 40.0 * trail_model(x, y, 60 - d, 60 - d, 60 + d, 60 + d, 1.7)  # peak < clip
+        self.assertLess(trail.max(), 5.0)
+        response = bank(torch.from_numpy(trail.astype(np.float32))[None, None])[0, 1:, 60, 60].numpy()
+        kernel = line_filter_kernels(25, 16, 1.7)[4, 0].numpy()
+        half = kernel.shape[-1] // 2
+        expected = float(np.sum(trail[60 - half : 61 + half, 60 - half : 61 + half] * kernel))
+        self.assertAlmostEqual(float(response[8 + 4]), expected, places=3)
+        self.assertEqual(int(np.argmax(response[8:])), 4)
+        self.assertEqual(int(np.argmax(response[:8])), 2)
+        # A star: every direction the same up to the pixel grid.
+        star = 40.0 * trail_model(x, y, 60, 60, 60, 60, 1.7)
+        response = bank(torch.from_numpy(star.astype(np.float32))[None, None])[0, 9:, 60, 60].numpy()
+        self.assertLess(np.ptp(response) / response.mean(), 0.02)
+        # The clip bounds what a bright star adds.
+        bright = bank(torch.from_numpy(1e4 * star.astype(np.float32))[None, None])[0, 9:, 60, 60].numpy()
+        self.assertLessEqual(bright.max(), 5.0 * float(kernel.sum()) + 1e-3)
+
+    def test_network_with_line_filters(self):
+        torch.manual_seed(3)
+        plain = ResAttentionUNet(base_channels=4, depth=3)
+        lined = ResAttentionUNet(base_channels=4, depth=3, line_filters=[[9, 4], [15, 6]], line_sigma=1.5)
+        self.assertEqual(lined.architecture["line_filters"], [[9.0, 4], [15.0, 6]])
+        self.assertEqual(lined.architecture["line_sigma"], 1.5)
+        self.assertNotIn("line_filters", plain.architecture)
+        rebuilt = build_model(json.loads(json.dumps(lined.architecture)))
+        self.assertEqual(rebuilt.architecture, lined.architecture)
+        self.assertEqual(encoder_kwargs(lined)["in_channels"], 11)
+        for height, width in SIZES:
+            self.assertEqual(lined(torch.randn(2, 1, height, width)).shape, (2, 1, height, width))
+        # Widening a trained network: the new channels start at zero, so the output is unchanged.
+        train(plain, lambda m: m(torch.randn(2, 1, 32, 32)).square().mean(), steps=2)
+        plain.eval()
+        lined.eval()
+        key = "encoder." + input_conv_key(lined.encoder)
+        self.assertIs(load_widened_state(lined, plain.state_dict(), widen=key), lined)
+        stem = lined.state_dict()[key]
+        self.assertTrue(torch.equal(stem[:, :1], plain.state_dict()[key]))
+        self.assertFalse(stem[:, 1:].any())
+        image = torch.randn(1, 1, 50, 70)
+        with torch.no_grad():
+            self.assertTrue(torch.equal(lined(image), plain(image)))
+            prepared = prepare_for_inference(lined)
+            torch.testing.assert_close(prepared(image), lined(image), rtol=1e-4, atol=1e-4)
+        # Without naming the widened entry, or for any other mismatch, nothing is loaded.
+        before = {k: v.clone() for k, v in lined.state_dict().items()}
+        with self.assertRaisesRegex(ValueError, "shape mismatches"):
+            load_widened_state(lined, plain.state_dict())
+        with self.assertRaisesRegex(ValueError, "missing"):
+            load_widened_state(lined, {k: v for k, v in plain.state_dict().items() if "head" not in k}, key)
+        for k, v in lined.state_dict().items():
+            self.assertTrue(torch.equal(v, before[k]), msg=k)
+        # A star encoder moves into a trail network with line filters.
+        star = StarCenterNet(base_channels=4, depth=3)
+        transfer_encoder(star, lined)
+        stem = lined.encoder.state_dict()[input_conv_key(lined.encoder)]
+        self.assertTrue(torch.equal(stem[:, :1], star.encoder.state_dict()[input_conv_key(star.encoder)]))
+        self.assertFalse(stem[:, 1:].any())
+
+    def test_errors(self):
+        for kwargs in (
+            {"line_filters": []},
+            {"line_filters": "9,8"},
+            {"line_filters": [[9]]},
+            {"line_filters": [[1, 8]]},
+            {"line_filters": [[9, 1]]},
+            {"line_filters": [[9, 8]], "line_sigma": 0.0},
+            {"line_filters": [[9, 8]], "line_clip": -1.0},
+        ):
+            with self.subTest(**{k: str(v) for k, v in kwargs.items()}):
+                with self.assertRaises(ValueError):
+                    build_model({"name": "ResAttentionUNet", "base_channels": 4, "depth": 2, **kwargs})
 
 
 class HybridTestCase(SingleThreadTestCase):

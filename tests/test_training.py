@@ -359,6 +359,29 @@ class TrainingLoopTestCase(lsst.utils.tests.TestCase):
                 self.paths, self.config(epochs=1, init_model=str(out), architecture=other), log=lambda _: None
             )
 
+    def test_fine_tune_adding_line_filters(self):
+        """line_filters on an init_model without them: its weights are kept, the new inputs start at zero."""
+        from lsst.trail_detect.models.networks import input_conv_key
+        from lsst.trail_detect.training.loop import train
+
+        out = Path(self.tmp, "first.safetensors")
+        first = train(self.paths, self.config(epochs=1, samples_per_epoch=16), out=out, log=lambda _: None)
+        settings = {"epochs": 1, "samples_per_epoch": 16, "init_model": str(out), "architecture": None}
+        frozen = self.config(learning_rate=0.0, weight_decay=0.0, line_filters=[[9, 4]], **settings)
+        tuned = train(self.paths, frozen, log=lambda _: None)
+        self.assertEqual(tuned.model.architecture, {**first.model.architecture, **tuned.model.architecture})
+        self.assertEqual(tuned.model.architecture["line_filters"], [[9.0, 4]])
+        self.assertEqual(tuned.model.metadata["training"]["line_filters"], [[9, 4]])
+        key = "encoder." + input_conv_key(tuned.model.build().encoder)
+        stem = np.asarray(tuned.model.tensors[key])
+        np.testing.assert_array_equal(stem[:, :1], np.asarray(first.model.tensors[key]))
+        self.assertFalse(stem[:, 1:].any())
+        # A learning model uses them.
+        moving = train(self.paths, self.config(line_filters=[[9, 4]], **settings), log=lambda _: None)
+        self.assertTrue(np.asarray(moving.model.tensors[key])[:, 1:].any())
+        with self.assertRaisesRegex(ValueError, "trail kind"):
+            train(self.paths, self.config(kind="star", line_filters=[[9, 4]]), log=lambda _: None)
+
     def test_refuses_missing_validation(self):
         from lsst.trail_detect.training.loop import train
 
@@ -447,6 +470,16 @@ class ValidationMetricsTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(tuned.instance_balance, {"power": 0.5, "reference_pixels": 400.0, "max_factor": 4.0})
         self.assertEqual(tuned.oversample_small_trails, {"max_extent": 16.0, "factor": 3.0})
         self.assertEqual(tuned.selection_metric, "object_f1")
+        self.assertIsNone(plain.line_filters)
+        config.line_filter_lengths = [9.0, 25.0]
+        config.line_filter_angles = [8, 16]
+        config.validate()
+        self.assertEqual(
+            TrainTrailDetectorTask(config=config)._training_config().line_filters, [[9, 8], [25, 16]]
+        )
+        config.line_filter_angles = [8]
+        with self.assertRaisesRegex(Exception, "line_filter_lengths"):
+            config.validate()
 
     def test_selection_metric_checked(self):
         from lsst.trail_detect.training.loop import TrainingConfig

@@ -71,6 +71,7 @@ __all__ = (
     "AttentionGate",
     "FPNDecoder",
     "HybridStarDetector",
+    "LineFilterBank",
     "ResAttentionUNet",
     "ResEncoder",
     "ResNetEncoder",
@@ -84,6 +85,9 @@ __all__ = (
     "default_architecture",
     "encoder_kwargs",
     "heatmap_peaks",
+    "input_conv_key",
+    "line_filter_kernels",
+    "load_widened_state",
     "loss_targets_for_candidates",
     "model_size_bytes",
     "prepare_for_inference",
@@ -642,6 +646,128 @@ def _unet_body(a: dict) -> tuple[nn.Module, nn.Module]:
     return encoder, decoder
 
 
+def _check_positive(label: str, value: Any, minimum: float, maximum: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label} must be a number, not {value!r}.") from None
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{label} must be in [{minimum}, {maximum}], not {value}.")
+    return value
+
+
+def _check_line_filters(line_filters: Any) -> list[list[int | float]]:
+    """Check and canonicalize the ``[[length, n_angles], ...]`` of `LineFilterBank`."""
+    if isinstance(line_filters, str | bytes) or not isinstance(line_filters, Sequence) or not line_filters:
+        raise ValueError(
+            f"line_filters must be a non-empty list of [length, n_angles], not {line_filters!r}."
+        )
+    filters = []
+    for entry in line_filters:
+        if isinstance(entry, str | bytes) or not isinstance(entry, Sequence) or len(entry) != 2:
+            raise ValueError(f"each line filter must be [length, n_angles], not {entry!r}.")
+        length = _check_positive("line filter length", entry[0], 2.0, 200.0)
+        filters.append([length, _check_int("line filter n_angles", entry[1], 2, 180)])
+    return filters
+
+
+def line_filter_kernels(length: float, n_angles: int, sigma: float) -> torch.Tensor:
+    """Matched filters for straight trails of one length at evenly spaced angles.
+
+    Parameters
+    ----------
+    length : `float`
+        Length of the segment (pixels).
+    n_angles : `int`
+        Number of orientations, ``pi * k / n_angles`` for ``k`` in
+        ``range(n_angles)`` (counter-clockwise from +x).
+    sigma : `float`
+        Width of the Gaussian PSF the segment is convolved with (pixels).
+
+    Returns
+    -------
+    kernels : `torch.Tensor`
+        ``(n_angles, 1, K, K)`` float32, ``K`` odd and covering the segment
+        and 3 sigma either side. Each kernel is the image of a segment of
+        the given length through the central pixel, convolved with the
+        PSF and sampled at pixel centres (the profile of
+        `lsst.trail_detect.detection.postprocess.trail_model`), scaled to
+        unit Euclidean norm, so that on an image of independent unit
+        normal pixels every output is a unit normal variable and on a
+        trail it is the matched-filter signal-to-noise ratio of that
+        piece of the trail.
+    """
+    half = int(math.ceil(0.5 * length + 3.0 * sigma))
+    offsets = torch.arange(-half, half + 1, dtype=torch.float64)
+    y, x = torch.meshgrid(offsets, offsets, indexing="ij")
+    kernels = []
+    for k in range(n_angles):
+        theta = math.pi * k / n_angles
+        along = x * math.cos(theta) + y * math.sin(theta)
+        across = -x * math.sin(theta) + y * math.cos(theta)
+        scale = math.sqrt(2.0) * sigma
+        profile = torch.exp(-0.5 * (across / sigma) ** 2) * (
+            torch.erf((0.5 * length - along) / scale) + torch.erf((0.5 * length + along) / scale)
+        )
+        kernels.append(profile / torch.linalg.vector_norm(profile))
+    return torch.stack(kernels)[:, None].to(torch.float32)
+
+
+class LineFilterBank(nn.Module):
+    """Fixed matched filters for straight segments, appended as input channels.
+
+    Each ``[length, n_angles]`` entry convolves the first input channel
+    (the normalized image, in units of the pixel noise) with
+    `line_filter_kernels` of that length, so a trail too faint to stand
+    out in any pixel shows as a coherent signal-to-noise ratio along its
+    direction, and a star shows the same in every direction: the first
+    layer sees both the light a trail adds up along a line and the
+    anisotropy that tells it from a point source. The kernels are not
+    trained and not stored (they are rebuilt from the architecture).
+
+    The image is clipped to ``[-clip, clip]`` before filtering: faint
+    trails, the filters' purpose, are untouched (their pixels are far
+    below the clip), while a bright star adds at most ``clip`` times the
+    kernel sum instead of swamping the responses; the image channel
+    itself keeps the full dynamic range.
+
+    Parameters
+    ----------
+    line_filters : `list` [[`float`, `int`]]
+        ``[length, n_angles]`` per filter set.
+    sigma : `float`
+        PSF width of the kernels (pixels).
+    clip : `float`
+        Clip of the image before filtering (noise units).
+
+    Notes
+    -----
+    ``forward(x)`` takes ``(N, C, H, W)`` and returns ``(N, C +
+    out_channels, H, W)``: the input followed by the filter outputs (zero
+    padding at the edges).
+    """
+
+    def __init__(self, line_filters: Sequence[Sequence[float]], sigma: float, clip: float):
+        super().__init__()
+        filters = _check_line_filters(line_filters)
+        sigma = _check_positive("line_sigma", sigma, 0.3, 10.0)
+        self.clip = _check_positive("line_clip", clip, 0.5, 1e4)
+        self.n_filters = len(filters)
+        self.out_channels = 0
+        for i, (length, n_angles) in enumerate(filters):
+            self.register_buffer(f"kernel{i}", line_filter_kernels(length, n_angles, sigma), persistent=False)
+            self.out_channels += n_angles
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Append the line-filter responses of the first channel of ``x``."""
+        image = x[:, :1].clamp(-self.clip, self.clip)
+        outputs = [x]
+        for i in range(self.n_filters):
+            kernel = getattr(self, f"kernel{i}").to(dtype=x.dtype)
+            outputs.append(F.conv2d(image, kernel, padding=kernel.shape[-1] // 2))
+        return torch.cat(outputs, dim=1)
+
+
 class ResAttentionUNet(_Network):
     """U-Net of residual blocks with squeeze-excitation and attention gates.
 
@@ -675,12 +801,23 @@ class ResAttentionUNet(_Network):
         How the input is padded to a multiple of ``2**depth``:
         ``"reflect"`` (``"replicate"`` where the image is too small),
         ``"replicate"`` or ``"zeros"``.
+    line_filters : `list` [[`float`, `int`]] or `None`, optional
+        ``[length, n_angles]`` sets of fixed segment matched filters
+        (`LineFilterBank`) whose responses to the first input channel are
+        appended to the input before the encoder; `None` for none.
+    line_sigma : `float`, optional
+        PSF width (pixels) of those filters.
+    line_clip : `float`, optional
+        Clip of the image before the line filters (noise units).
 
     Attributes
     ----------
+    line_bank : `LineFilterBank` or `None`
+        The fixed line filters, if any.
     encoder : `ResEncoder`
         The stem and the downsampling stages (transferable from
-        `StarCenterNet`).
+        `StarCenterNet`; with line filters its stem has more input
+        channels, see `transfer_encoder`).
     decoder : `UNetDecoder`
         Upsampling path with attention-gated skips.
     head : `torch.nn.Conv2d`
@@ -713,8 +850,13 @@ class ResAttentionUNet(_Network):
         activation: str = "silu",
         max_channels: int = 512,
         pad_mode: str = "reflect",
+        line_filters: Sequence[Sequence[float]] | None = None,
+        line_sigma: float = 1.7,
+        line_clip: float = 5.0,
     ):
         super().__init__()
+        self.line_bank = None if line_filters is None else LineFilterBank(line_filters, line_sigma, line_clip)
+        extra = 0 if self.line_bank is None else self.line_bank.out_channels
         a = _validate_unet_kwargs(
             in_channels=in_channels,
             base_channels=base_channels,
@@ -730,7 +872,7 @@ class ResAttentionUNet(_Network):
         out_channels = _check_int("out_channels", out_channels, 1)
         self.stride = 2 ** a["depth"]
         self.pad_mode = a["pad_mode"]
-        self.encoder, self.decoder = _unet_body(a)
+        self.encoder, self.decoder = _unet_body({**a, "in_channels": a["in_channels"] + extra})
         self.head = nn.Conv2d(self.decoder.out_channels, out_channels, 1)
         _init_weights(self)
         nn.init.normal_(self.head.weight, std=1e-2)
@@ -738,11 +880,20 @@ class ResAttentionUNet(_Network):
         # background is then right from the first step and training spends itself on the trails.
         nn.init.constant_(self.head.bias, math.log(0.01 / 0.99))
         self.architecture = {"name": "ResAttentionUNet", "out_channels": out_channels, **a}
+        if self.line_bank is not None:
+            self.architecture.update(
+                line_filters=_check_line_filters(line_filters),
+                line_sigma=float(line_sigma),
+                line_clip=self.line_bank.clip,
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``(N, out_channels, H, W)`` for images ``(N, C, H, W)``."""
         height, width = x.shape[-2:]
-        features = self.encoder(self._pad(x))
+        x = self._pad(x)
+        if self.line_bank is not None:
+            x = self.line_bank(x)
+        features = self.encoder(x)
         y = self.decoder(features)[..., :height, :width]
         return self.head(y)
 
@@ -1343,7 +1494,87 @@ def encoder_kwargs(architecture: Mapping[str, Any] | nn.Module) -> dict[str, Any
     keys = ("in_channels", "base_channels", "depth", "blocks_per_stage", "norm", "activation", "max_channels")
     result = {"encoder": "ResEncoder", **{key: full[key] for key in keys}}
     result["se"] = "se" in _parse_attention(full["attention"])[1]
+    if full.get("line_filters"):
+        # The encoder sees the image and the line-filter channels.
+        result["in_channels"] += sum(n_angles for _, n_angles in full["line_filters"])
     return result
+
+
+def input_conv_key(encoder: nn.Module) -> str:
+    """Name (in ``encoder.state_dict()``) of the weight of the encoder's first convolution."""
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return f"{name}.weight"
+    raise ValueError(f"{type(encoder).__name__} has no convolution.")
+
+
+def load_widened_state(
+    module: nn.Module, state: Mapping[str, torch.Tensor], widen: str | None = None, what: str = "weights"
+) -> nn.Module:
+    """Load a state dict whose input convolution may have fewer input channels.
+
+    Every entry must match ``module``'s in name and shape, except the
+    convolution weight named ``widen``, which may have fewer input
+    channels than ``module``'s: those are copied into the first input
+    channels and the others start at zero. A network given new input
+    channels (e.g. line filters added to a trained `ResAttentionUNet`)
+    therefore starts out computing exactly what the trained one did,
+    and training then learns to use the new channels.
+
+    Parameters
+    ----------
+    module : `torch.nn.Module`
+        Receives the weights (in place).
+    state : `dict` [`str`, `torch.Tensor`]
+        The weights to load.
+    widen : `str`, optional
+        Name of the only entry that may be widened.
+    what : `str`, optional
+        What the weights are, for the error message.
+
+    Returns
+    -------
+    module : `torch.nn.Module`
+        ``module`` itself.
+
+    Raises
+    ------
+    ValueError
+        If names differ or a shape differs other than by widening.
+    """
+    dst_state = module.state_dict()
+    missing = sorted(set(dst_state) - set(state))
+    unexpected = sorted(set(state) - set(dst_state))
+    mismatched, merged = [], {}
+    for key, value in dst_state.items():
+        if key not in state:
+            continue
+        source = torch.as_tensor(state[key])
+        if tuple(source.shape) == tuple(value.shape):
+            merged[key] = source
+        elif (
+            key == widen
+            and source.ndim == 4
+            and source.shape[0] == value.shape[0]
+            and source.shape[2:] == value.shape[2:]
+            and source.shape[1] < value.shape[1]
+        ):
+            widened = torch.zeros_like(value)
+            widened[:, : source.shape[1]] = source.to(value.dtype)
+            merged[key] = widened
+        else:
+            mismatched.append(f"{key}: {tuple(source.shape)} vs {tuple(value.shape)}")
+    if missing or unexpected or mismatched:
+        problems = []
+        if mismatched:
+            problems.append(f"shape mismatches {mismatched[:5]}{' ...' if len(mismatched) > 5 else ''}")
+        if missing:
+            problems.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            problems.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise ValueError(f"{what} are not compatible: " + "; ".join(problems) + ".")
+    module.load_state_dict(merged)
+    return module
 
 
 def transfer_encoder(src_model: nn.Module | Mapping[str, torch.Tensor], dst_model: nn.Module) -> nn.Module:
@@ -1366,7 +1597,10 @@ def transfer_encoder(src_model: nn.Module | Mapping[str, torch.Tensor], dst_mode
     Raises
     ------
     ValueError
-        If the encoders do not have the same parameter names and shapes.
+        If the encoders do not have the same parameter names and shapes,
+        except that the first convolution of a destination with line
+        filters (see `ResAttentionUNet`) takes their channels as well:
+        those weights start at zero (`load_widened_state`).
     """
     dst_encoder = getattr(dst_model, "encoder", None)
     if not isinstance(dst_encoder, nn.Module):
@@ -1384,24 +1618,9 @@ def transfer_encoder(src_model: nn.Module | Mapping[str, torch.Tensor], dst_mode
             }
     else:
         raise ValueError(f"cannot take encoder weights from a {type(src_model).__name__}.")
-    dst_state = dst_encoder.state_dict()
-    missing = sorted(set(dst_state) - set(state))
-    unexpected = sorted(set(state) - set(dst_state))
-    mismatched = [
-        f"{key}: {tuple(state[key].shape)} vs {tuple(value.shape)}"
-        for key, value in dst_state.items()
-        if key in state and tuple(state[key].shape) != tuple(value.shape)
-    ]
-    if missing or unexpected or mismatched:
-        problems = []
-        if mismatched:
-            problems.append(f"shape mismatches {mismatched[:5]}{' ...' if len(mismatched) > 5 else ''}")
-        if missing:
-            problems.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            problems.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        raise ValueError("encoders are not compatible: " + "; ".join(problems) + ".")
-    dst_encoder.load_state_dict(state)
+    # Only the line-filter channels of a trail network may be missing from the source's input layer.
+    widen = input_conv_key(dst_encoder) if getattr(dst_model, "line_bank", None) is not None else None
+    load_widened_state(dst_encoder, state, widen=widen, what="encoders")
     return dst_model
 
 

@@ -102,6 +102,11 @@ class TrainingConfig:
     init_model: str | None = None
     """Path of a trained model of the same kind whose weights initialize the whole network (fine-tuning);
     its architecture is used unless ``architecture`` is given, and must then match."""
+    line_filters: list | None = None
+    """Trail kind: fixed segment matched filters ``[[length, n_angles], ...]`` added to the network's input
+    (``line_filters`` of `~lsst.trail_detect.models.networks.ResAttentionUNet`), e.g. ``[[9, 8], [25, 16]]``.
+    With an ``init_model`` that has none, its weights are kept and the new input channels start at zero,
+    so training starts from exactly what that model computes."""
     unfreeze_epochs: list = dataclasses.field(default_factory=list)
     """With a pretrained encoder: epochs at which the next-deepest frozen stage is unfrozen (the encoder
     starts frozen; an empty list trains it from the start)."""
@@ -129,6 +134,8 @@ class TrainingConfig:
     def __post_init__(self):
         if self.loss is None:
             self.loss = dict(DEFAULT_LOSS.get(self.kind, {}))
+        if self.line_filters is not None and self.kind != "trail":
+            raise ValueError(f"line_filters are for the trail kind only, not {self.kind!r}.")
         if self.selection_metric not in ("pixel_f1", "object_f1"):
             raise ValueError(
                 f"selection_metric must be pixel_f1 or object_f1, not {self.selection_metric!r}."
@@ -527,7 +534,14 @@ def train(
     import torch
 
     from .. import __version__
-    from ..models.networks import build_model, default_architecture, transfer_encoder
+    from ..models.networks import (
+        architecture_of,
+        build_model,
+        default_architecture,
+        input_conv_key,
+        load_widened_state,
+        transfer_encoder,
+    )
     from ..models.storage import TrailDetectorModel
     from ..tiles.datasets import Augment, TileDataset
     from .losses import instance_balanced_weights
@@ -563,9 +577,15 @@ def train(
     architecture = config.architecture or (
         dict(init.architecture) if init is not None else default_architecture(config.kind, "compact")
     )
+    widen = None
+    if config.line_filters is not None:
+        if init is not None and not init.architecture.get("line_filters"):
+            widen = "encoder." + input_conv_key(build_model(architecture).encoder)
+        architecture = {**architecture, "line_filters": config.line_filters}
     model = build_model(architecture)
+    architecture = architecture_of(model)
     if init is not None:
-        model.load_state_dict(init.torch_tensors(), strict=True)
+        load_widened_state(model, init.torch_tensors(), widen=widen, what=f"init_model {config.init_model}")
         say(f"weights initialized from {config.init_model}")
     if config.pretrained_encoder:
         source = TrailDetectorModel.load(config.pretrained_encoder).build()

@@ -190,6 +190,15 @@ class TrainTrailDetectorConfig(TrainDetectorConfigBase, pipelineConnections=Trai
     short_trail_max_extent = pexConfig.Field[float](
         doc="Longest extent (pixels) of a truth component counted as a short trail.", default=16.0
     )
+    line_filter_lengths = pexConfig.ListField[float](
+        doc="Lengths (pixels) of fixed segment matched filters whose responses to the image are added to "
+        "the network's input (ResAttentionUNet line_filters); one per entry of line_filter_angles. Empty: "
+        "none.",
+        default=[],
+    )
+    line_filter_angles = pexConfig.ListField[int](
+        doc="Number of orientations of each line filter length.", default=[]
+    )
     selection_metric = pexConfig.ChoiceField[str](
         doc="Validation score that picks the best epoch and the operating threshold.",
         default="pixel_f1",
@@ -198,6 +207,16 @@ class TrainTrailDetectorConfig(TrainDetectorConfigBase, pipelineConnections=Trai
             "object_f1": "F1 over trails, each truth component counting once.",
         },
     )
+
+    def validate(self):
+        super().validate()
+        if len(self.line_filter_lengths) != len(self.line_filter_angles):
+            raise pexConfig.FieldValidationError(
+                TrainTrailDetectorConfig.line_filter_angles,
+                self,
+                f"needs one entry per line_filter_lengths entry ({len(self.line_filter_lengths)}), not "
+                f"{len(self.line_filter_angles)}",
+            )
 
 
 class _TrainDetectorTaskBase(pipeBase.PipelineTask):
@@ -299,6 +318,10 @@ class TrainTrailDetectorTask(_TrainDetectorTaskBase):
         config.curriculum_start_nu = c.curriculum_start_nu
         config.unfreeze_epochs = list(c.unfreeze_epochs) if c.use_pretrained_encoder else []
         config.selection_metric = c.selection_metric
+        if c.line_filter_lengths:
+            config.line_filters = [
+                [length, n] for length, n in zip(c.line_filter_lengths, c.line_filter_angles)
+            ]
         if c.short_trail_boost != 1.0:
             config.oversample_small_trails = {
                 "max_extent": c.short_trail_max_extent,
