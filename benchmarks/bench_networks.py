@@ -25,6 +25,7 @@ Usage::
 
     python benchmarks/bench_networks.py [--threads 2] [--tile 512] [--size 4096] [--repeat 5]
                                         [--kinds trail star hybrid] [--sizes compact large] [--full]
+                                        [--line-filters '[[9, 8], [25, 16]]']
 
 For every default architecture (`default_architecture`), prints the
 parameters, the state-dict size, the GFLOP of one forward pass over a
@@ -36,7 +37,9 @@ convolutions, channels-last weights; ``fast``). The per-detector seconds
 extrapolate the ``fast`` time per tile (``--statistic``: the minimum by
 default, the median on request) to the ``ceil(size / tile)**2`` tiles of a
 ``size`` x ``size`` detector; ``--full`` also times the compact trail
-network over a whole detector, tile by tile. The last line is
+network over a whole detector, tile by tile; ``--line-filters`` adds a
+row for each trail network with those fixed line filters
+(`ResAttentionUNet` ``line_filters``). The last line is
 ``network_seconds_per_4k_detector_cpu: X`` for the compact trail network
 (``fast``; measured over the whole detector with ``--full``).
 
@@ -76,9 +79,16 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["compact", "large"], help="Variants.")
     parser.add_argument("--full", action="store_true", help="Also time a whole detector (compact trail).")
     parser.add_argument(
+        "--line-filters",
+        default=None,
+        help="JSON [[length, n_angles], ...]: also time the trail networks with them.",
+    )
+    parser.add_argument(
         "--statistic", choices=("min", "median"), default="min", help="Per-tile time extrapolated."
     )
     args = parser.parse_args()
+
+    import json
 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -106,26 +116,31 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     compact_trail = None
+    variants = []
     for kind in args.kinds:
         for size in args.sizes:
-            architecture = default_architecture(kind, size)
-            model = build_model(architecture).eval()
-            fast = prepare_for_inference(model)
-            flops = FlopCounterMode(display=False)
-            with torch.inference_mode(), flops:
-                model(torch.randn(1, 1, 256, 256))
-            eval_median, _ = _time(model, tile, args.repeat)
-            fast_median, fast_min = _time(fast, tile, args.repeat)
-            seconds = (fast_min if args.statistic == "min" else fast_median) * n_tiles
-            print(
-                f"{kind + '/' + size + ' (' + architecture['name'] + ')':<36} "
-                f"{count_parameters(model):>9d} {model_size_bytes(model) / 1e6:>6.2f} "
-                f"{flops.get_total_flops() / 1e9:>9.2f} {eval_median:>11.3f} {fast_median:>11.3f} "
-                f"{fast_min:>10.3f} {seconds:>10.1f}",
-                flush=True,
-            )
-            if kind == "trail" and size == "compact":
-                compact_trail = (fast, fast_median * n_tiles, fast_min * n_tiles)
+            variants.append((kind, size, "", default_architecture(kind, size)))
+            if kind == "trail" and args.line_filters:
+                lines = json.loads(args.line_filters)
+                variants.append((kind, size, "+lines", default_architecture(kind, size, line_filters=lines)))
+    for kind, size, extra, architecture in variants:
+        model = build_model(architecture).eval()
+        fast = prepare_for_inference(model)
+        flops = FlopCounterMode(display=False)
+        with torch.inference_mode(), flops:
+            model(torch.randn(1, 1, 256, 256))
+        eval_median, _ = _time(model, tile, args.repeat)
+        fast_median, fast_min = _time(fast, tile, args.repeat)
+        seconds = (fast_min if args.statistic == "min" else fast_median) * n_tiles
+        print(
+            f"{kind + '/' + size + extra + ' (' + architecture['name'] + ')':<36} "
+            f"{count_parameters(model):>9d} {model_size_bytes(model) / 1e6:>6.2f} "
+            f"{flops.get_total_flops() / 1e9:>9.2f} {eval_median:>11.3f} {fast_median:>11.3f} "
+            f"{fast_min:>10.3f} {seconds:>10.1f}",
+            flush=True,
+        )
+        if kind == "trail" and size == "compact" and not extra:
+            compact_trail = (fast, fast_median * n_tiles, fast_min * n_tiles)
     if compact_trail is None:
         fast = prepare_for_inference(build_model(default_architecture("trail", "compact")))
         median, minimum = _time(fast, tile, args.repeat)
