@@ -379,6 +379,14 @@ class TrainingLoopTestCase(lsst.utils.tests.TestCase):
         # A learning model uses them.
         moving = train(self.paths, self.config(line_filters=[[9, 4]], **settings), log=lambda _: None)
         self.assertTrue(np.asarray(moving.model.tensors[key])[:, 1:].any())
+        # Fine-tuning a model with line filters keeps them; other filters are refused.
+        lined = Path(self.tmp, "lined.safetensors")
+        moving.model.save(lined)
+        again = dict(settings, init_model=str(lined), learning_rate=0.0, weight_decay=0.0)
+        kept = train(self.paths, self.config(line_filters=[[9, 4]], **again), log=lambda _: None)
+        self.assertEqual(kept.model.architecture, moving.model.architecture)
+        with self.assertRaisesRegex(ValueError, "line filters"):
+            train(self.paths, self.config(line_filters=[[15, 4]], **again), log=lambda _: None)
         with self.assertRaisesRegex(ValueError, "trail kind"):
             train(self.paths, self.config(kind="star", line_filters=[[9, 4]]), log=lambda _: None)
 

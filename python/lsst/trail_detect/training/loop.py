@@ -577,13 +577,20 @@ def train(
     architecture = config.architecture or (
         dict(init.architecture) if init is not None else default_architecture(config.kind, "compact")
     )
-    widen = None
+    adding_line_filters = False
     if config.line_filters is not None:
-        if init is not None and not init.architecture.get("line_filters"):
-            widen = "encoder." + input_conv_key(build_model(architecture).encoder)
+        if init is not None and init.architecture.get("line_filters"):
+            requested = [[float(length), int(n_angles)] for length, n_angles in config.line_filters]
+            if requested != init.architecture["line_filters"]:
+                raise ValueError(
+                    f"init_model {config.init_model} has line filters {init.architecture['line_filters']}, "
+                    f"not the requested {config.line_filters}."
+                )
+        adding_line_filters = init is not None and not init.architecture.get("line_filters")
         architecture = {**architecture, "line_filters": config.line_filters}
     model = build_model(architecture)
     architecture = architecture_of(model)
+    widen = "encoder." + input_conv_key(model.encoder) if adding_line_filters else None
     if init is not None:
         load_widened_state(model, init.torch_tensors(), widen=widen, what=f"init_model {config.init_model}")
         say(f"weights initialized from {config.init_model}")
