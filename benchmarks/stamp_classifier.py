@@ -64,19 +64,12 @@ LENGTH_BINS = ((0, 10), (10, 20), (20, 1e9))
 NU_BINS = ((2, 5), (5, 10), (10, 31))
 
 
-def _segment_distance(px, py, x0, y0, x1, y1):
-    """Distance of every point to every segment, shape (points, segments)."""
-    dx, dy = x1 - x0, y1 - y0
-    l2 = np.where(dx * dx + dy * dy > 0, dx * dx + dy * dy, 1.0)
-    t = np.clip(((px[:, None] - x0) * dx + (py[:, None] - y0) * dy) / l2, 0, 1)
-    return np.hypot(px[:, None] - (x0 + t * dx), py[:, None] - (y0 + t * dy))
-
-
 def gather(repo, collection, image_offset=0):
     """Stamps, labels and trail properties of every stack source of a collection."""
     from scipy.spatial import cKDTree
 
     from lsst.daf.butler import Butler
+    from lsst.trail_detect.geometry import segment_distance
     from lsst.trail_detect.imageutils import psf_sigma
 
     butler = Butler(repo)
@@ -101,9 +94,10 @@ def gather(repo, collection, image_offset=0):
         padded = np.pad(snr.astype(np.float32), HALF)
         x = np.asarray(sources["x"], dtype=float) - x0
         y = np.asarray(sources["y"], dtype=float) - y0
-        distance = _segment_distance(
-            x,
-            y,
+        # Distance of every source from every trail: (sources, trails).
+        distance = segment_distance(
+            x[:, None],
+            y[:, None],
             np.asarray(truth["x_start_clipped"]) - x0,
             np.asarray(truth["y_start_clipped"]) - y0,
             np.asarray(truth["x_end_clipped"]) - x0,

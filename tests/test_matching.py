@@ -71,6 +71,22 @@ def along(x0, y0, beta, start, stop):
     return (x0 + start * ux, y0 + start * uy, x0 + stop * ux, y0 + stop * uy)
 
 
+class SegmentDistanceTestCase(lsst.utils.tests.TestCase):
+    def test_points_and_segments_broadcast(self):
+        """Distances to one segment; to many at once; a zero-length segment is a point."""
+        from lsst.trail_detect.geometry import segment_distance
+
+        x, y = np.array([0.0, 5.0, 12.0, 5.0]), np.array([0.0, 3.0, 0.0, 0.0])
+        np.testing.assert_allclose(segment_distance(x, y, 0.0, 0.0, 10.0, 0.0), [0.0, 3.0, 2.0, 0.0])
+        np.testing.assert_allclose(segment_distance(x, y, 5.0, 0.0, 5.0, 0.0), [5.0, 3.0, 7.0, 0.0])
+        x0, y0 = np.array([0.0, 5.0, 0.0]), np.array([0.0, 0.0, 3.0])
+        x1, y1 = np.array([10.0, 5.0, 10.0]), np.array([0.0, 0.0, 3.0])
+        table = segment_distance(x[:, None], y[:, None], x0, y0, x1, y1)
+        self.assertEqual(table.shape, (4, 3))
+        for k in range(3):
+            np.testing.assert_array_equal(table[:, k], segment_distance(x, y, x0[k], y0[k], x1[k], y1[k]))
+
+
 class SegmentMetricsTestCase(lsst.utils.tests.TestCase):
     def test_exact(self):
         """A segment compared with itself, either way round."""

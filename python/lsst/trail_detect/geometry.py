@@ -25,6 +25,8 @@ from __future__ import annotations
 
 __all__ = ("clip_segment", "segment_distance")
 
+from typing import Any
+
 import numpy as np
 
 
@@ -65,13 +67,18 @@ def clip_segment(
     return x0 + t0 * dx, y0 + t0 * dy, x0 + t1 * dx, y0 + t1 * dy
 
 
-def segment_distance(x: np.ndarray, y: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-    """Return the distance of points from a segment."""
+def segment_distance(x: np.ndarray, y: np.ndarray, x0: Any, y0: Any, x1: Any, y1: Any) -> np.ndarray:
+    """Return the distance of points from a segment.
+
+    The endpoints may be arrays too: everything broadcasts, so
+    ``segment_distance(x[:, None], y[:, None], x0, y0, x1, y1)`` gives the
+    distance of every point from every segment. A zero-length segment is
+    a point.
+    """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    dx, dy = x1 - x0, y1 - y0
+    dx, dy = np.subtract(x1, x0, dtype=float), np.subtract(y1, y0, dtype=float)
     length2 = dx * dx + dy * dy
-    if length2 == 0:
-        return np.hypot(x - x0, y - y0)
-    t = np.clip(((x - x0) * dx + (y - y0) * dy) / length2, 0.0, 1.0)
+    # Where the segment is a point, dx = dy = 0 and t is 0 whatever the divisor.
+    t = np.clip(((x - x0) * dx + (y - y0) * dy) / np.where(length2 > 0, length2, 1.0), 0.0, 1.0)
     return np.hypot(x - (x0 + t * dx), y - (y0 + t * dy))
