@@ -116,12 +116,12 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     compact_trail = None
+    lines = json.loads(args.line_filters) if args.line_filters else None
     variants = []
     for kind in args.kinds:
         for size in args.sizes:
             variants.append((kind, size, "", default_architecture(kind, size)))
-            if kind == "trail" and args.line_filters:
-                lines = json.loads(args.line_filters)
+            if kind == "trail" and lines:
                 variants.append((kind, size, "+lines", default_architecture(kind, size, line_filters=lines)))
     for kind, size, extra, architecture in variants:
         model = build_model(architecture).eval()

@@ -646,7 +646,7 @@ def _unet_body(a: dict) -> tuple[nn.Module, nn.Module]:
     return encoder, decoder
 
 
-def _check_positive(label: str, value: Any, minimum: float, maximum: float) -> float:
+def _check_range(label: str, value: Any, minimum: float, maximum: float) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -666,7 +666,7 @@ def _check_line_filters(line_filters: Any) -> list[list[int | float]]:
     for entry in line_filters:
         if isinstance(entry, str | bytes) or not isinstance(entry, Sequence) or len(entry) != 2:
             raise ValueError(f"each line filter must be [length, n_angles], not {entry!r}.")
-        length = _check_positive("line filter length", entry[0], 2.0, 200.0)
+        length = _check_range("line filter length", entry[0], 2.0, 200.0)
         filters.append([length, _check_int("line filter n_angles", entry[1], 2, 180)])
     return filters
 
@@ -743,6 +743,15 @@ class LineFilterBank(nn.Module):
     clip : `float`
         Clip of the image before filtering (noise units).
 
+    Attributes
+    ----------
+    filters : `list` [[`float`, `int`]]
+        The checked ``[length, n_angles]`` sets.
+    sigma, clip : `float`
+        As given, checked.
+    out_channels : `int`
+        Number of filter outputs (the sum of ``n_angles``).
+
     Notes
     -----
     ``forward(x)`` takes ``(N, C, H, W)`` and returns ``(N, C +
@@ -752,20 +761,19 @@ class LineFilterBank(nn.Module):
 
     def __init__(self, line_filters: Sequence[Sequence[float]], sigma: float, clip: float):
         super().__init__()
-        filters = _check_line_filters(line_filters)
-        sigma = _check_positive("line_sigma", sigma, 0.3, 10.0)
-        self.clip = _check_positive("line_clip", clip, 0.5, 1e4)
-        self.n_filters = len(filters)
-        self.out_channels = 0
-        for i, (length, n_angles) in enumerate(filters):
-            self.register_buffer(f"kernel{i}", line_filter_kernels(length, n_angles, sigma), persistent=False)
-            self.out_channels += n_angles
+        self.filters = _check_line_filters(line_filters)
+        self.sigma = _check_range("line_sigma", sigma, 0.3, 10.0)
+        self.clip = _check_range("line_clip", clip, 0.5, 1e4)
+        self.out_channels = sum(n_angles for _, n_angles in self.filters)
+        for i, (length, n_angles) in enumerate(self.filters):
+            kernels = line_filter_kernels(length, n_angles, self.sigma)
+            self.register_buffer(f"kernel{i}", kernels, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Append the line-filter responses of the first channel of ``x``."""
         image = x[:, :1].clamp(-self.clip, self.clip)
         outputs = [x]
-        for i in range(self.n_filters):
+        for i in range(len(self.filters)):
             kernel = getattr(self, f"kernel{i}").to(dtype=x.dtype)
             outputs.append(F.conv2d(image, kernel, padding=kernel.shape[-1] // 2))
         return torch.cat(outputs, dim=1)
@@ -884,11 +892,8 @@ class ResAttentionUNet(_Network):
         nn.init.constant_(self.head.bias, math.log(0.01 / 0.99))
         self.architecture = {"name": "ResAttentionUNet", "out_channels": out_channels, **a}
         if self.line_bank is not None:
-            self.architecture.update(
-                line_filters=_check_line_filters(line_filters),
-                line_sigma=float(line_sigma),
-                line_clip=self.line_bank.clip,
-            )
+            bank = self.line_bank
+            self.architecture.update(line_filters=bank.filters, line_sigma=bank.sigma, line_clip=bank.clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``(N, out_channels, H, W)`` for images ``(N, C, H, W)``."""

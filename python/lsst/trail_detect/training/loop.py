@@ -577,21 +577,18 @@ def train(
     architecture = config.architecture or (
         dict(init.architecture) if init is not None else default_architecture(config.kind, "compact")
     )
-    adding_line_filters = False
     if config.line_filters is not None:
-        if init is not None and init.architecture.get("line_filters"):
-            requested = [[float(length), int(n_angles)] for length, n_angles in config.line_filters]
-            if requested != init.architecture["line_filters"]:
-                raise ValueError(
-                    f"init_model {config.init_model} has line filters {init.architecture['line_filters']}, "
-                    f"not the requested {config.line_filters}."
-                )
-        adding_line_filters = init is not None and not init.architecture.get("line_filters")
         architecture = {**architecture, "line_filters": config.line_filters}
     model = build_model(architecture)
     architecture = architecture_of(model)
-    widen = "encoder." + input_conv_key(model.encoder) if adding_line_filters else None
     if init is not None:
+        own, requested = init.architecture.get("line_filters"), architecture.get("line_filters")
+        if own and own != requested:
+            raise ValueError(
+                f"init_model {config.init_model} has line filters {own}, not the requested {requested}."
+            )
+        # Line filters added to a model without them: its input layer gains their channels at zero.
+        widen = "encoder." + input_conv_key(model.encoder) if requested and not own else None
         load_widened_state(model, init.torch_tensors(), widen=widen, what=f"init_model {config.init_model}")
         say(f"weights initialized from {config.init_model}")
     if config.pretrained_encoder:
