@@ -183,6 +183,23 @@ class TrainingLoopTestCase(lsst.utils.tests.TestCase):
         b = model.build()(x)
         self.assertTrue(torch.equal(a, b))
 
+    def test_select_by_recall_at_fp_budget(self):
+        """object_recall_at_fp picks the epoch with the best recall in budget, and its threshold."""
+        from lsst.trail_detect.training.loop import train
+
+        lines = []
+        config = self.config(
+            epochs=3, samples_per_epoch=32, selection_metric="object_recall_at_fp", selection_fp_budget=5e4
+        )
+        result = train(self.paths, config, log=lines.append)
+        self.assertTrue(all("false per 4k recall" in line for line in lines[:3]), lines)
+        scores = [h["object_recall_at_fp"] for h in result.history]
+        validation = result.model.metadata["validation"]
+        self.assertEqual(validation["score"], max(scores))
+        self.assertEqual(validation["epoch"], int(np.argmax(scores)))
+        self.assertEqual(result.model.threshold, validation["budget_threshold"])
+        self.assertEqual(validation["fp_budget"], 5e4)
+
     def test_reproducible(self):
         from lsst.trail_detect.training.loop import train
 
@@ -449,7 +466,7 @@ class ValidationMetricsTestCase(lsst.utils.tests.TestCase):
         weight = np.ones_like(target)
         thresholds = np.array([0.5, 0.7])
         out = _object_metrics(probs, target, weight, thresholds)
-        curve = {row[0]: row[1:] for row in out["object_curve"]}
+        curve = {row[0]: row[1:4] for row in out["object_curve"]}
         self.assertFloatsAlmostEqual(np.array(curve[0.5]), np.array([2 / 3, 2 / 3, 2 / 3]), atol=1e-12)
         self.assertFloatsAlmostEqual(np.array(curve[0.7]), np.array([1 / 2, 1 / 3, 0.4]), atol=1e-12)
         self.assertEqual(out["object_threshold"], 0.5)
@@ -461,6 +478,40 @@ class ValidationMetricsTestCase(lsst.utils.tests.TestCase):
         full = _trail_metrics(probs, target, weight)
         self.assertIn("object_f1", full)
         self.assertGreater(full["f1"], full["object_f1"])
+
+    def test_recall_at_fp_budget(self):
+        """Recall at the lowest threshold whose false components per 4k detector fit the budget."""
+        from lsst.trail_detect.training.loop import _object_metrics
+
+        target = np.zeros((2, 64, 64), dtype=np.float32)
+        target[0, 5, 2:30] = 1  # found down to 0.9
+        target[1, 40, 10:40] = 1  # found down to 0.6
+        probs = np.zeros_like(target)
+        probs[0, 5, 2:30] = 0.9
+        probs[1, 40, 10:40] = 0.6
+        probs[0, 30:33, 30:33] = 0.95  # a false component at every threshold
+        probs[1, 10:13, 10:13] = 0.55  # one more below 0.6
+        weight = np.ones_like(target)
+        per_false = 4096**2 / target.size  # one false component, per 4k x 4k detector
+        thresholds = np.array([0.5, 0.7])
+        rows = {}
+        for budget in (2.5 * per_false, 1.5 * per_false, 0.5 * per_false):
+            out = _object_metrics(probs, target, weight, thresholds, fp_budget=budget)
+            rows[budget] = (out["budget_threshold"], out["object_recall_at_fp"])
+            self.assertEqual(out["fp_budget"], budget)
+        self.assertEqual(rows[2.5 * per_false], (0.5, 1.0))
+        self.assertEqual(rows[1.5 * per_false][0], 0.7)
+        self.assertAlmostEqual(rows[1.5 * per_false][1], 0.5)
+        # Over budget at every threshold: the highest, its recall scaled by budget / rate.
+        self.assertEqual(rows[0.5 * per_false][0], 0.7)
+        self.assertAlmostEqual(rows[0.5 * per_false][1], 0.25)
+        curve = {row[0]: row[4] for row in out["object_curve"]}
+        self.assertAlmostEqual(curve[0.5], 2 * per_false)
+        self.assertAlmostEqual(curve[0.7], per_false)
+        # Unusable pixels do not count in the area.
+        weight[1] = 0
+        out = _object_metrics(probs, target, weight, thresholds, fp_budget=per_false)
+        self.assertAlmostEqual(out["fp_per_4k_at_budget_threshold"], 2 * per_false)
 
     def test_task_settings(self):
         """The trainTrailDetector config fields reach the training settings; defaults change nothing."""
@@ -474,7 +525,9 @@ class ValidationMetricsTestCase(lsst.utils.tests.TestCase):
         config.instance_balance_power = 0.5
         config.short_trail_boost = 3.0
         config.selection_metric = "object_f1"
+        config.selection_fp_budget = 80.0
         tuned = TrainTrailDetectorTask(config=config)._training_config()
+        self.assertEqual(tuned.selection_fp_budget, 80.0)
         self.assertEqual(tuned.instance_balance, {"power": 0.5, "reference_pixels": 400.0, "max_factor": 4.0})
         self.assertEqual(tuned.oversample_small_trails, {"max_extent": 16.0, "factor": 3.0})
         self.assertEqual(tuned.selection_metric, "object_f1")
@@ -494,6 +547,8 @@ class ValidationMetricsTestCase(lsst.utils.tests.TestCase):
 
         with self.assertRaisesRegex(ValueError, "selection_metric"):
             TrainingConfig(selection_metric="loss")
+        with self.assertRaisesRegex(ValueError, "selection_fp_budget"):
+            TrainingConfig(selection_fp_budget=0.0)
 
 
 class DistributedTestCase(lsst.utils.tests.TestCase):

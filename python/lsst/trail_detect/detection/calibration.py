@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.metrics import DETECTOR_4K_PIXELS
 from .detect import (
     SCORE_FEATURES,
     apply_score_calibration,
@@ -58,9 +59,6 @@ from .inference import InferenceSettings
 from .postprocess import PostprocessConfig
 
 _LOG = logging.getLogger(__name__)
-
-#: Pixels of a 4k x 4k detector, the unit of false-positive rates.
-DETECTOR_4K_PIXELS = 4096 * 4096
 
 
 @dataclasses.dataclass

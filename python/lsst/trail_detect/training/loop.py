@@ -64,6 +64,15 @@ DEFAULT_LOSS = {
 }
 
 
+#: Validation scores of the trail kind that can pick the best epoch and the operating threshold, with the
+#: key of the threshold each chooses in the validation metrics.
+SELECTION_METRICS = {
+    "pixel_f1": "threshold",
+    "object_f1": "object_threshold",
+    "object_recall_at_fp": "budget_threshold",
+}
+
+
 @dataclasses.dataclass
 class TrainingConfig:
     """Settings of one training run (JSON-serializable)."""
@@ -113,8 +122,14 @@ class TrainingConfig:
     patience: int = 5
     """Stop after this many epochs without a better validation score."""
     selection_metric: str = "pixel_f1"
-    """Trail kind: validation score that picks the best epoch and the operating threshold, ``pixel_f1``
-    or ``object_f1`` (every truth component counts once, so short trails weigh as much as long ones)."""
+    """Trail kind: validation score that picks the best epoch and the operating threshold: ``pixel_f1``;
+    ``object_f1`` (every truth component counts once, so short trails weigh as much as long ones); or
+    ``object_recall_at_fp`` (the fraction of truth components found at the lowest threshold whose false
+    components stay within ``selection_fp_budget``, the form of the detection goal)."""
+    selection_fp_budget: float = 150.0
+    """Trail kind, ``object_recall_at_fp``: false components allowed per 4k x 4k-equivalent area of
+    validation tiles. These are raw components of the probability map, before the detection's shape
+    rejection and score cut, so the budget is well above the detection's own."""
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -136,10 +151,13 @@ class TrainingConfig:
             self.loss = dict(DEFAULT_LOSS.get(self.kind, {}))
         if self.line_filters is not None and self.kind != "trail":
             raise ValueError(f"line_filters are for the trail kind only, not {self.kind!r}.")
-        if self.selection_metric not in ("pixel_f1", "object_f1"):
+        if self.selection_metric not in SELECTION_METRICS:
             raise ValueError(
-                f"selection_metric must be pixel_f1 or object_f1, not {self.selection_metric!r}."
+                f"selection_metric must be one of {', '.join(SELECTION_METRICS)}, "
+                f"not {self.selection_metric!r}."
             )
+        if not self.selection_fp_budget > 0:
+            raise ValueError(f"selection_fp_budget must be positive, not {self.selection_fp_budget}.")
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainingConfig:
@@ -193,8 +211,14 @@ def _device(name: str, rank: int):
     return torch.device(name)
 
 
-def _trail_metrics(probs: np.ndarray, target: np.ndarray, weight: np.ndarray) -> dict:
-    """Pixel-level precision, recall and F1 over thresholds; the best threshold by F1."""
+def _trail_metrics(
+    probs: np.ndarray, target: np.ndarray, weight: np.ndarray, fp_budget: float = 150.0
+) -> dict:
+    """Pixel-level precision, recall and F1 over thresholds; the best threshold by F1.
+
+    The object-level metrics of `_object_metrics` (with ``fp_budget``) are
+    added.
+    """
     thresholds = np.linspace(0.05, 0.95, 19)
     valid = weight > 0
     p, t = probs[valid], target[valid] > 0.5
@@ -212,12 +236,17 @@ def _trail_metrics(probs: np.ndarray, target: np.ndarray, weight: np.ndarray) ->
         if f1 > best["f1"]:
             best = {"threshold": float(th), "precision": precision, "recall": recall, "f1": f1}
     best["curve"] = rows
-    best.update(_object_metrics(probs, target, weight, thresholds))
+    best.update(_object_metrics(probs, target, weight, thresholds, fp_budget=fp_budget))
     return best
 
 
 def _object_metrics(
-    probs: np.ndarray, target: np.ndarray, weight: np.ndarray, thresholds: np.ndarray, min_pixels: int = 6
+    probs: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray,
+    thresholds: np.ndarray,
+    min_pixels: int = 6,
+    fp_budget: float = 150.0,
 ) -> dict:
     """Object-level precision, recall and F1 of tile segmentations over thresholds.
 
@@ -227,8 +256,18 @@ def _object_metrics(
     component (at least ``min_pixels``) is a false positive when it touches
     no truth pixel. Short trails thus weigh as much as long ones, unlike in
     the pixel metrics.
+
+    The false components are also counted per 4k x 4k-equivalent area of
+    usable pixels. ``budget_threshold`` is the lowest threshold whose rate
+    is at most ``fp_budget``, and ``object_recall_at_fp`` the recall there:
+    the detection goal's form (completeness at a false-positive rate). When
+    no threshold meets the budget, the highest is taken and its recall is
+    scaled down by the budget over its rate, so that an epoch within the
+    budget always scores above one that is not at the same recall.
     """
     from scipy import ndimage
+
+    from ..evaluation.metrics import DETECTOR_4K_PIXELS
 
     structure = np.ones((3, 3), dtype=bool)
     probs = probs.reshape((-1,) + probs.shape[-2:])
@@ -258,15 +297,23 @@ def _object_metrics(
     recall = found / max(n_truth, 1)
     precision = (n_pred - n_false) / np.maximum(n_pred, 1)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    fp_rate = n_false / max(valid.sum() / DETECTOR_4K_PIXELS, 1e-12)
     k = int(np.argmax(f1))
+    within = np.flatnonzero(fp_rate <= fp_budget)
+    b = int(within[0]) if within.size else len(thresholds) - 1
+    at_budget = recall[b] * min(1.0, fp_budget / max(fp_rate[b], 1e-12))
     return {
         "object_threshold": float(thresholds[k]),
         "object_precision": float(precision[k]),
         "object_recall": float(recall[k]),
         "object_f1": float(f1[k]),
+        "budget_threshold": float(thresholds[b]),
+        "object_recall_at_fp": float(at_budget),
+        "fp_per_4k_at_budget_threshold": float(fp_rate[b]),
+        "fp_budget": float(fp_budget),
         "object_curve": [
-            (float(th), float(a), float(b), float(c))
-            for th, a, b, c in zip(thresholds, precision, recall, f1, strict=True)
+            (float(th), float(a), float(c), float(d), float(e))
+            for th, a, c, d, e in zip(thresholds, precision, recall, f1, fp_rate, strict=True)
         ],
     }
 
@@ -308,7 +355,7 @@ def _star_metrics(
     }
 
 
-def _evaluate(model, loader, loss_fn, device, kind: str) -> dict:
+def _evaluate(model, loader, loss_fn, device, kind: str, fp_budget: float = 150.0) -> dict:
     """Validation loss and metrics."""
     import torch
 
@@ -344,7 +391,9 @@ def _evaluate(model, loader, loss_fn, device, kind: str) -> dict:
     metrics = {"val_loss": total / max(count, 1)}
     if kind == "trail" and probs:
         metrics.update(
-            _trail_metrics(np.concatenate(probs), np.concatenate(targets), np.concatenate(weights))
+            _trail_metrics(
+                np.concatenate(probs), np.concatenate(targets), np.concatenate(weights), fp_budget=fp_budget
+            )
         )
     elif star_out:
         metrics.update(_star_metrics(star_out, star_tgt))
@@ -684,7 +733,11 @@ def train(
             if config.max_steps_per_epoch and steps >= config.max_steps_per_epoch:
                 break
         scheduler.step()
-        metrics = _evaluate(model, val_loader, loss_fn, device, config.kind) if rank == 0 else {}
+        metrics = (
+            _evaluate(model, val_loader, loss_fn, device, config.kind, fp_budget=config.selection_fp_budget)
+            if rank == 0
+            else {}
+        )
         record = {
             "epoch": epoch,
             "train_loss": total / max(steps, 1),
@@ -697,8 +750,8 @@ def train(
         history.append(record)
         if rank == 0:
             score = metrics.get("f1", -metrics["val_loss"])
-            if config.kind == "trail" and config.selection_metric == "object_f1":
-                score = metrics["object_f1"]
+            if config.kind == "trail" and config.selection_metric != "pixel_f1":
+                score = metrics[config.selection_metric]
             improved = score > best.get("score", -math.inf)
             if improved:
                 best = {"score": float(score), "epoch": epoch, **metrics}
@@ -716,6 +769,13 @@ def train(
                     f"; objects F1 {metrics['object_f1']:.3f} (P {metrics['object_precision']:.3f}, "
                     f"R {metrics['object_recall']:.3f}, threshold {metrics['object_threshold']:.2f})"
                     if "object_f1" in metrics
+                    else ""
+                )
+                + (
+                    f"; at {metrics['fp_per_4k_at_budget_threshold']:.0f} false per 4k "
+                    f"recall {metrics['object_recall_at_fp']:.3f} "
+                    f"(threshold {metrics['budget_threshold']:.2f})"
+                    if config.selection_metric == "object_recall_at_fp"
                     else ""
                 )
                 + f"){' *' if improved else ''} "
@@ -744,9 +804,7 @@ def train(
         normalization = next(iter(normalization.values()))
     metadata = {
         "normalization": {k: v for k, v in normalization.items() if k in ("method", "clip_min", "clip_max")},
-        "threshold": float(
-            best.get("object_threshold" if config.selection_metric == "object_f1" else "threshold", 0.5)
-        ),
+        "threshold": float(best.get(SELECTION_METRICS[config.selection_metric], 0.5)),
         "validation": {k: v for k, v in best.items() if k not in ("curve", "object_curve")},
         "validation_curve": best.get("curve", []),
         "training": config.to_dict(),

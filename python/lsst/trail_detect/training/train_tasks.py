@@ -205,7 +205,16 @@ class TrainTrailDetectorConfig(TrainDetectorConfigBase, pipelineConnections=Trai
         allowed={
             "pixel_f1": "F1 over trail pixels (long trails dominate).",
             "object_f1": "F1 over trails, each truth component counting once.",
+            "object_recall_at_fp": "Fraction of trails found at the lowest threshold whose false "
+            "components stay within selection_fp_budget (the form of the detection goal).",
         },
+    )
+    selection_fp_budget = pexConfig.Field[float](
+        doc="False components allowed per 4k x 4k-equivalent area of validation tiles, for "
+        "selection_metric=object_recall_at_fp. They are raw components of the probability map, before the "
+        "detection's shape rejection and score cut, so this is well above the detection's own budget.",
+        default=150.0,
+        check=lambda x: x > 0,
     )
 
     def validate(self):
@@ -318,6 +327,7 @@ class TrainTrailDetectorTask(_TrainDetectorTaskBase):
         config.curriculum_start_nu = c.curriculum_start_nu
         config.unfreeze_epochs = list(c.unfreeze_epochs) if c.use_pretrained_encoder else []
         config.selection_metric = c.selection_metric
+        config.selection_fp_budget = c.selection_fp_budget
         if c.line_filter_lengths:
             config.line_filters = [
                 [length, n] for length, n in zip(c.line_filter_lengths, c.line_filter_angles)
