@@ -515,6 +515,7 @@ class ValidationMetricsTestCase(lsst.utils.tests.TestCase):
 
     def test_task_settings(self):
         """The trainTrailDetector config fields reach the training settings; defaults change nothing."""
+        from lsst.trail_detect.training.loop import TrainingConfig
         from lsst.trail_detect.training.train_tasks import TrainTrailDetectorConfig, TrainTrailDetectorTask
 
         config = TrainTrailDetectorConfig()
@@ -522,6 +523,7 @@ class ValidationMetricsTestCase(lsst.utils.tests.TestCase):
         self.assertIsNone(plain.instance_balance)
         self.assertIsNone(plain.oversample_small_trails)
         self.assertEqual(plain.selection_metric, "pixel_f1")
+        self.assertEqual(plain.selection_fp_budget, TrainingConfig().selection_fp_budget)
         config.instance_balance_power = 0.5
         config.short_trail_boost = 3.0
         config.selection_metric = "object_f1"

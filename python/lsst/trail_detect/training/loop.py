@@ -72,6 +72,9 @@ SELECTION_METRICS = {
     "object_recall_at_fp": "budget_threshold",
 }
 
+#: False components per 4k x 4k-equivalent area of validation tiles allowed by ``object_recall_at_fp``.
+DEFAULT_SELECTION_FP_BUDGET = 150.0
+
 
 @dataclasses.dataclass
 class TrainingConfig:
@@ -126,7 +129,7 @@ class TrainingConfig:
     ``object_f1`` (every truth component counts once, so short trails weigh as much as long ones); or
     ``object_recall_at_fp`` (the fraction of truth components found at the lowest threshold whose false
     components stay within ``selection_fp_budget``, the form of the detection goal)."""
-    selection_fp_budget: float = 150.0
+    selection_fp_budget: float = DEFAULT_SELECTION_FP_BUDGET
     """Trail kind, ``object_recall_at_fp``: false components allowed per 4k x 4k-equivalent area of
     validation tiles. These are raw components of the probability map, before the detection's shape
     rejection and score cut, so the budget is well above the detection's own."""
@@ -212,7 +215,7 @@ def _device(name: str, rank: int):
 
 
 def _trail_metrics(
-    probs: np.ndarray, target: np.ndarray, weight: np.ndarray, fp_budget: float = 150.0
+    probs: np.ndarray, target: np.ndarray, weight: np.ndarray, fp_budget: float = DEFAULT_SELECTION_FP_BUDGET
 ) -> dict:
     """Pixel-level precision, recall and F1 over thresholds; the best threshold by F1.
 
@@ -246,7 +249,7 @@ def _object_metrics(
     weight: np.ndarray,
     thresholds: np.ndarray,
     min_pixels: int = 6,
-    fp_budget: float = 150.0,
+    fp_budget: float = DEFAULT_SELECTION_FP_BUDGET,
 ) -> dict:
     """Object-level precision, recall and F1 of tile segmentations over thresholds.
 
@@ -312,8 +315,8 @@ def _object_metrics(
         "fp_per_4k_at_budget_threshold": float(fp_rate[b]),
         "fp_budget": float(fp_budget),
         "object_curve": [
-            (float(th), float(a), float(c), float(d), float(e))
-            for th, a, c, d, e in zip(thresholds, precision, recall, f1, fp_rate, strict=True)
+            (float(th), float(p), float(r), float(f), float(rate))
+            for th, p, r, f, rate in zip(thresholds, precision, recall, f1, fp_rate, strict=True)
         ],
     }
 
@@ -355,7 +358,9 @@ def _star_metrics(
     }
 
 
-def _evaluate(model, loader, loss_fn, device, kind: str, fp_budget: float = 150.0) -> dict:
+def _evaluate(
+    model, loader, loss_fn, device, kind: str, fp_budget: float = DEFAULT_SELECTION_FP_BUDGET
+) -> dict:
     """Validation loss and metrics."""
     import torch
 
