@@ -64,12 +64,12 @@ DEFAULT_LOSS = {
 }
 
 
-#: Validation scores of the trail kind that can pick the best epoch and the operating threshold, with the
-#: key of the threshold each chooses in the validation metrics.
+#: Validation scores of the trail kind that can pick the best epoch and the operating threshold: the keys of
+#: the score and of the threshold it chooses in the validation metrics.
 SELECTION_METRICS = {
-    "pixel_f1": "threshold",
-    "object_f1": "object_threshold",
-    "object_recall_at_fp": "budget_threshold",
+    "pixel_f1": ("f1", "threshold"),
+    "object_f1": ("object_f1", "object_threshold"),
+    "object_recall_at_fp": ("object_recall_at_fp", "budget_threshold"),
 }
 
 #: False components per 4k x 4k-equivalent area of validation tiles allowed by ``object_recall_at_fp``.
@@ -754,9 +754,8 @@ def train(
         }
         history.append(record)
         if rank == 0:
-            score = metrics.get("f1", -metrics["val_loss"])
-            if config.kind == "trail" and config.selection_metric != "pixel_f1":
-                score = metrics[config.selection_metric]
+            score_key, _ = SELECTION_METRICS[config.selection_metric]
+            score = metrics[score_key] if config.kind == "trail" else metrics.get("f1", -metrics["val_loss"])
             improved = score > best.get("score", -math.inf)
             if improved:
                 best = {"score": float(score), "epoch": epoch, **metrics}
@@ -809,7 +808,7 @@ def train(
         normalization = next(iter(normalization.values()))
     metadata = {
         "normalization": {k: v for k, v in normalization.items() if k in ("method", "clip_min", "clip_max")},
-        "threshold": float(best.get(SELECTION_METRICS[config.selection_metric], 0.5)),
+        "threshold": float(best.get(SELECTION_METRICS[config.selection_metric][1], 0.5)),
         "validation": {k: v for k, v in best.items() if k not in ("curve", "object_curve")},
         "validation_curve": best.get("curve", []),
         "training": config.to_dict(),

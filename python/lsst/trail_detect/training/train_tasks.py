@@ -40,6 +40,8 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
+from .loop import DEFAULT_SELECTION_FP_BUDGET
+
 
 class TrainStarDetectorConnections(pipeBase.PipelineTaskConnections, dimensions=("instrument",)):
     """Connections of `TrainStarDetectorTask`."""
@@ -213,7 +215,7 @@ class TrainTrailDetectorConfig(TrainDetectorConfigBase, pipelineConnections=Trai
         doc="False components allowed per 4k x 4k-equivalent area of validation tiles, for "
         "selection_metric=object_recall_at_fp. They are raw components of the probability map, before the "
         "detection's shape rejection and score cut, so this is well above the detection's own budget.",
-        default=150.0,
+        default=DEFAULT_SELECTION_FP_BUDGET,
         check=lambda x: x > 0,
     )
 
