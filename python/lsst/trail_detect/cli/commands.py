@@ -476,7 +476,7 @@ def detect_fits(
     help="Model file to calibrate (default: trail_detector_model from --model-collections).",
 )
 @click.option("--model-collections", default=None, help="Collection(s) holding trail_detector_model.")
-@click.option("--split", default="validation", show_default=True, help="Split whose images are used.")
+@click.option("--split", default="validation", show_default=True, help="Split(s) whose images are used, comma-separated (e.g. validation,test).")
 @click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the split assignment.")
 @click.option("--where", default="", help="Butler query restricting the data IDs.")
 @click.option(
@@ -496,8 +496,32 @@ def detect_fits(
 @click.option(
     "--threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default)."
 )
+@click.option(
+    "--line-search/--no-line-search",
+    default=False,
+    show_default=True,
+    help="Also calibrate the source-masked matched-filter line search for faint trails and store it in "
+    "the model, so that detectTrails runs it.",
+)
+@click.option(
+    "--line-search-config",
+    default=None,
+    help='Line search settings as JSON (LineSearchConfig fields, e.g. \'{"threshold": 6.0}\').',
+)
 def calibrate(
-    repo, out, collections, model_path, model_collections, split, split_seed, where, max_fp, method, threads
+    repo,
+    out,
+    collections,
+    model_path,
+    model_collections,
+    split,
+    split_seed,
+    where,
+    max_fp,
+    method,
+    threads,
+    line_search,
+    line_search_config,
 ):
     """Calibrate a trail model's scores on validation images and write it to OUT.
 
@@ -506,14 +530,28 @@ def calibrate(
     detections to the injected truth, fits the calibrated score (0.9 = 90%
     real; a logistic regression, or an isotonic map of the mean probability)
     and chooses min_score, the operating point with at most --max-fp false
-    positives per 4k x 4k detector.
+    positives per 4k x 4k detector. With --line-search, the line search's
+    candidates get a calibration of their own and one min_score is chosen
+    for both sources together.
     """
+    import json
+
     import torch
 
     from lsst.daf.butler import Butler
 
     from ..detection.calibration import butler_samples, calibrate_trail_model
+    from ..detection.line_search import LineSearchConfig
     from ..models.storage import TrailDetectorModel
+
+    search = None
+    if line_search:
+        try:
+            search = LineSearchConfig.from_dict(json.loads(line_search_config) if line_search_config else {})
+        except (ValueError, TypeError) as err:
+            raise click.BadParameter(str(err), param_hint="--line-search-config") from err
+    elif line_search_config:
+        raise click.UsageError("--line-search-config needs --line-search.")
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -533,6 +571,8 @@ def calibrate(
             max_fp_per_detector=max_fp,
             method=method,
             provenance={"collections": collections, "split": split, "split_seed": split_seed},
+            line_search=search,
+            workers=max(threads, 1),
         )
     except ValueError as err:
         raise _fail(err) from err

@@ -48,15 +48,18 @@ import numpy as np
 
 from ..evaluation.metrics import DETECTOR_4K_PIXELS
 from .detect import (
+    LINE_SCORE_FEATURES,
     SCORE_FEATURES,
     apply_score_calibration,
     detect_trails,
     fit_score_calibration,
     load_network,
     model_settings,
+    resolve_duplicates,
 )
 from .inference import InferenceSettings
-from .postprocess import PostprocessConfig
+from .line_search import LineSearchConfig
+from .postprocess import PostprocessConfig, TrailCandidate
 
 _LOG = logging.getLogger(__name__)
 
@@ -125,6 +128,27 @@ def choose_min_score(
     return float(np.nextafter(candidates[-1], np.inf))
 
 
+def _candidates_from_rows(catalog) -> list[TrailCandidate]:
+    """Segments of catalog rows, with what `~.detect.resolve_duplicates` compares."""
+    empty = np.zeros(0, dtype=int)
+    out = []
+    for row in catalog:
+        c = TrailCandidate(
+            float(row["x_start"]),
+            float(row["y_start"]),
+            float(row["x_end"]),
+            float(row["y_end"]),
+            empty,
+            empty,
+            np.zeros(0),
+            max_probability=float(row["max_probability"]),
+            origin=str(row["origin"]),
+        )
+        c.score = float(row["score"])
+        out.append(c)
+    return out
+
+
 def calibrate_trail_model(
     model,
     samples: Iterable[CalibrationSample],
@@ -136,6 +160,8 @@ def calibrate_trail_model(
     max_fp_per_detector: float = 10.0,
     method: str = "logistic",
     provenance: dict | None = None,
+    line_search: LineSearchConfig | None = None,
+    workers: int = 1,
 ):
     """Calibrate a trail model's scores on validation images with injected trails.
 
@@ -160,26 +186,47 @@ def calibrate_trail_model(
         `~.detect.fit_score_calibration`.
     provenance : `dict`, optional
         Recorded with the calibration (e.g. the collections).
+    line_search : `~.line_search.LineSearchConfig`, optional
+        Also run the line search, calibrate its candidates' scores
+        (logistic on `~.detect.LINE_SCORE_FEATURES`) and store both in the
+        model, which then runs it in `~.detect_trails.DetectTrailsTask`.
+        Without it, a line search the model already has is dropped.
+    workers : `int`, optional
+        Threads of the line search's FFTs.
 
     Returns
     -------
     calibrated : `~lsst.trail_detect.models.storage.TrailDetectorModel`
-        A copy with ``score_calibration`` and ``min_score`` in its metadata
-        (the calibration also records what it was measured on).
+        A copy with ``score_calibration`` and ``min_score`` (and
+        ``line_search``) in its metadata; the calibration also records what
+        it was measured on.
     summary : `dict`
         Counts and rates on the validation images.
+
+    Notes
+    -----
+    Each source's calibration is fitted on its own candidates, labelled by
+    matching them alone to the truth (a piece of a trail that another
+    match covers is neither real nor false). The two sources' candidates
+    are then joined as the detection joins them, one per trail by
+    calibrated score, and ``min_score`` is the one cut on the joined
+    catalog that keeps the false positives within the budget.
     """
     from ..evaluation.matching import match_trails
 
     network = (
         network if network is not None else load_network(model, (settings or InferenceSettings()).device)
     )
-    settings_from_model = model_settings(model, threshold=threshold, min_score=0.0)
+    settings_from_model = model_settings(model, threshold=threshold, min_score=0.0, line_search=False)
     settings_from_model["score_calibration"] = None  # raw scores are what is calibrated
+    del settings_from_model["line_search"], settings_from_model["line_score_calibration"]
     threshold = settings_from_model["threshold"]
-    properties = {name: [] for name in SCORE_FEATURES}
-    real, false = [], []
-    n_images = n_truth = n_matched = 0
+    origins = ("cnn", "line") if line_search is not None else ("cnn",)
+    features = {"cnn": SCORE_FEATURES, "line": LINE_SCORE_FEATURES}
+    properties = {o: {name: [] for name in features[o]} for o in origins}
+    real = {o: [] for o in origins}
+    images = []
+    n_images = n_truth = 0
     pixels = 0
     for sample in samples:
         result = detect_trails(
@@ -193,38 +240,70 @@ def calibrate_trail_model(
             no_data=sample.no_data,
             settings=settings,
             config=config,
+            keep_rejected=True,
+            line_search=line_search,
+            workers=workers,
         )
         catalog = result.catalog
-        match = match_trails(catalog, sample.truth, psf_sigma=sample.psf_sigma)
-        status = np.asarray(match.det_status)
-        keep = status != "fragment"  # fragments of a real trail are neither real nor false
-        for name in SCORE_FEATURES:
-            properties[name].extend(np.asarray(catalog[name], dtype=float)[keep])
-        real.extend((status == "matched")[keep])
-        false.extend((status == "false_positive")[keep])
+        # Candidates the shape tests kept; duplicates are resolved again below with calibrated scores.
+        catalog = catalog[(catalog["rejected"] == "") | (catalog["rejected"] == "duplicate")]
+        for origin in origins:
+            sub = catalog[catalog["origin"] == origin]
+            status = np.asarray(match_trails(sub, sample.truth, psf_sigma=sample.psf_sigma).det_status)
+            keep = status != "fragment"  # fragments of a real trail are neither real nor false
+            for name in features[origin]:
+                properties[origin][name].extend(np.asarray(sub[name], dtype=float)[keep])
+            real[origin].extend((status == "matched")[keep])
+        images.append((catalog, sample.truth, sample.psf_sigma))
         n_images += 1
-        n_truth += match.n_truth
-        n_matched += match.n_matched
+        n_truth += int(np.sum(match_trails(catalog[:0], sample.truth).truth_valid))
         pixels += sample.image.size
         _LOG.info(
-            "%s: %d detections, %d of %d injected trails matched, %d false positives.",
+            "%s: %d candidates (%s).",
             sample.label or f"image {n_images}",
             len(catalog),
-            match.n_matched,
-            match.n_truth,
-            match.n_false_positives,
+            ", ".join(f"{o}: {int(np.sum(catalog['origin'] == o))}" for o in origins),
         )
     if n_images == 0:
         raise ValueError("no validation images to calibrate the scores on.")
-    properties = {name: np.asarray(values, dtype=float) for name, values in properties.items()}
-    real, false = np.asarray(real, dtype=bool), np.asarray(false, dtype=bool)
-    if real.sum() == 0 or false.sum() == 0:
-        raise ValueError(
-            f"score calibration needs both real and false detections; got {int(real.sum())} real and "
-            f"{int(false.sum())} false over {n_images} images."
+    calibrations = {}
+    for origin in origins:
+        values = {name: np.asarray(v, dtype=float) for name, v in properties[origin].items()}
+        is_real = np.asarray(real[origin], dtype=bool)
+        if is_real.sum() == 0 or is_real.sum() == is_real.size:
+            raise ValueError(
+                f"score calibration needs both real and false detections; the {origin} candidates have "
+                f"{int(is_real.sum())} real and {int(is_real.size - is_real.sum())} false over "
+                f"{n_images} images."
+            )
+        calibrations[origin] = fit_score_calibration(
+            values, is_real, method=method if origin == "cnn" else "logistic", features=features[origin]
         )
-    calibration = fit_score_calibration(properties, real, method=method)
-    scores = apply_score_calibration(properties, calibration)
+
+    # The joined catalog, as the detection makes it, and one cut on it.
+    scores, false, matched = [], [], []
+    n_matched = 0
+    for catalog, truth, psf_sigma in images:
+        catalog = catalog.copy()
+        catalog["score"] = np.zeros(len(catalog))
+        for origin in origins:
+            rows = catalog["origin"] == origin
+            catalog["score"][rows] = apply_score_calibration(catalog[rows], calibrations[origin])
+        candidates = _candidates_from_rows(catalog)
+        network_side = [c for c in candidates if c.origin == "cnn"]
+        line_side = [c for c in candidates if c.origin == "line"]
+        joined = resolve_duplicates(network_side, line_side, psf_sigma)
+        joined = [c for c in joined if not c.rejected]
+        index_of = {id(c): k for k, c in enumerate(candidates)}
+        order = [index_of[id(c)] for c in joined]
+        kept = catalog[order]
+        status = np.asarray(match_trails(kept, truth, psf_sigma=psf_sigma).det_status)
+        scores.extend(np.asarray(kept["score"], dtype=float))
+        false.extend(status == "false_positive")
+        matched.extend(status == "matched")
+        n_matched += int(np.sum(status == "matched"))
+    scores = np.asarray(scores, dtype=float)
+    false, matched = np.asarray(false, dtype=bool), np.asarray(matched, dtype=bool)
     area_4k = pixels / DETECTOR_4K_PIXELS
     min_score = choose_min_score(scores, false, area_4k, max_fp_per_detector)
     above = scores >= min_score
@@ -233,19 +312,26 @@ def calibrate_trail_model(
         "area_4k_detectors": area_4k,
         "n_truth": n_truth,
         "n_matched": n_matched,
-        "n_detections": int(real.size),
+        "n_detections": int(np.sum(false | matched)),
         "n_false_positives": int(false.sum()),
         "false_positives_per_4k_detector": float(false.sum() / area_4k),
         "min_score": min_score,
         "max_fp_per_4k_detector": max_fp_per_detector,
-        "completeness_at_min_score": float(np.sum(real & above) / max(n_truth, 1)),
+        "completeness_at_min_score": float(np.sum(matched & above) / max(n_truth, 1)),
         "false_positives_per_4k_detector_at_min_score": float(np.sum(false & above) / area_4k),
         "threshold": float(threshold),
     }
+    if line_search is not None:
+        summary["n_line_candidates"] = int(len(real["line"]))
+        summary["n_line_real"] = int(np.sum(real["line"]))
+    calibration = calibrations["cnn"]
     calibration["validation"] = dict(summary, **({"provenance": provenance} if provenance else {}))
     metadata = copy.deepcopy(model.metadata)
     metadata["score_calibration"] = calibration
     metadata["min_score"] = min_score
+    metadata.pop("line_search", None)
+    if line_search is not None:
+        metadata["line_search"] = {"config": line_search.to_dict(), "score_calibration": calibrations["line"]}
     calibrated = type(model)(
         kind=model.kind, architecture=model.architecture, tensors=model.tensors, metadata=metadata
     )
@@ -265,7 +351,9 @@ def butler_samples(
 ):
     """Yield `CalibrationSample` for the (visit, detector) pairs of one split in a repository.
 
-    The split is the deterministic assignment the tile builders use
+    ``split`` may name several splits, comma-separated (``validation,test``:
+    every image the training never saw). The split is the deterministic
+    assignment the tile builders use
     (`~lsst.trail_detect.tiles.tiling.assign_split` with the same fractions
     and seed), so validation images are never training images. The mask
     planes are read as ``detect_config`` (a
@@ -276,6 +364,12 @@ def butler_samples(
     from .detect_trails import DetectTrailsConfig
 
     detect_config = detect_config if detect_config is not None else DetectTrailsConfig()
+    splits = {name.strip() for name in split.split(",")}
+    unknown = splits - {"train", "validation", "test"}
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; use train, validation or test.")
+    if "train" in splits:
+        _LOG.warning("Calibrating on training images: the scores will be too optimistic.")
 
     refs = sorted(
         butler.query_datasets(image_type, where=where, limit=None, explain=False),
@@ -283,7 +377,7 @@ def butler_samples(
     )
     for ref in refs:
         visit, detector = int(ref.dataId["visit"]), int(ref.dataId["detector"])
-        if assign_split(visit, detector, tuple(split_fractions), split_seed) != split:
+        if assign_split(visit, detector, tuple(split_fractions), split_seed) not in splits:
             continue
         exposure = butler.get(ref)
         truth = butler.get(truth_type, ref.dataId)

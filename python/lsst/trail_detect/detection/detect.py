@@ -30,6 +30,7 @@ from __future__ import annotations
 __all__ = (
     "TRAIL_CATALOG_COLUMNS",
     "DetectionResult",
+    "LINE_SCORE_FEATURES",
     "SCORE_FEATURES",
     "apply_score_calibration",
     "detect_trails",
@@ -54,6 +55,8 @@ import numpy as np
 
 from ..tiles.normalization import Normalization, apply_normalization, fit_normalization
 from .inference import InferenceSettings, predict_probability, resolve_device
+from .line_search import LineSearchConfig
+from .line_search import line_search as run_line_search
 from .postprocess import (
     PostprocessConfig,
     TrailCandidate,
@@ -62,6 +65,7 @@ from .postprocess import (
     find_components,
     fit_trail,
     merge_collinear,
+    same_trail,
     saturated_blobs,
     segment_band,
     trail_photometry,
@@ -97,6 +101,12 @@ TRAIL_CATALOG_COLUMNS: dict[str, tuple[Any, str | None, str]] = {
         "real on validation data (equal to score_raw if the model has no calibration).",
     ),
     "score_raw": (np.float64, None, "Mean network probability along the fitted segment."),
+    "origin": (str, None, "What found the candidate: 'cnn' (the network) or 'line' (the line search)."),
+    "line_snr": (
+        np.float64,
+        None,
+        "Source-masked matched-filter SNR of the line search's peak (NaN for the network's candidates).",
+    ),
     "max_probability": (np.float64, None, "Highest network probability in the trail's pixels."),
     "n_pixels": (np.int64, None, "Pixels above the hysteresis threshold."),
     "n_fragments": (np.int64, None, "Components merged into this trail."),
@@ -182,16 +192,30 @@ def load_network(model, device: str = "auto"):
     return network.to(torch_device)
 
 
-def model_settings(model, *, threshold: float | None = None, min_score: float | None = None) -> dict:
+def model_settings(
+    model, *, threshold: float | None = None, min_score: float | None = None, line_search: bool = True
+) -> dict:
     """The `detect_trails` arguments a stored model carries (overridable).
+
+    Parameters
+    ----------
+    model : `~lsst.trail_detect.models.storage.TrailDetectorModel`
+        A ``trail`` model.
+    threshold, min_score : `float`, optional
+        Override the model's.
+    line_search : `bool`, optional
+        Run the model's line search, if it has one (metadata
+        ``line_search``: the `~.line_search.LineSearchConfig` and the score
+        calibration of its candidates, fitted together with the network's).
 
     Returns
     -------
     kwargs : `dict`
         ``normalization``, ``threshold`` (the model's validated operating
-        threshold unless given), ``score_calibration`` and ``min_score``
+        threshold unless given), ``score_calibration``, ``min_score``
         (the model's, chosen for its false-positive budget, unless given;
-        0 if it has none).
+        0 if it has none), ``line_search`` and ``line_score_calibration``
+        (`None` without a line search).
 
     Raises
     ------
@@ -201,45 +225,70 @@ def model_settings(model, *, threshold: float | None = None, min_score: float | 
     threshold = threshold if threshold is not None else model.threshold
     if threshold is None:
         raise ValueError("the model has no operating threshold; give one.")
+    line = model.metadata.get("line_search") if line_search else None
     return {
         "normalization": model.metadata.get("normalization"),
         "threshold": float(threshold),
         "score_calibration": model.metadata.get("score_calibration"),
         "min_score": float(min_score if min_score is not None else model.metadata.get("min_score", 0.0)),
+        "line_search": LineSearchConfig.from_dict(line["config"]) if line else None,
+        "line_score_calibration": line.get("score_calibration") if line else None,
     }
 
 
-#: Detection properties the logistic score calibration uses, and how each enters it.
+#: Detection properties the logistic score calibration of the network's candidates uses.
 SCORE_FEATURES = ("score_raw", "max_probability", "trail_length", "snr")
 
+#: Properties of the line search's candidates: those of the network's plus the source-masked
+#: matched-filter SNR of the search.
+LINE_SCORE_FEATURES = SCORE_FEATURES + ("line_snr",)
 
-def score_features(values: Any) -> np.ndarray:
-    """The (n, 4) feature matrix of the logistic calibration.
+# How each property enters the logistic calibration: probabilities as logits, the rest as logs,
+# clipped below.
+_FEATURE_TRANSFORMS = {
+    "score_raw": "logit",
+    "max_probability": "logit",
+    "trail_length": ("log", 1.0),
+    "snr": ("log", 0.5),
+    "line_snr": ("log", 0.5),
+}
+
+
+def score_features(values: Any, features: tuple[str, ...] | list[str] = SCORE_FEATURES) -> np.ndarray:
+    """The (n, len(features)) feature matrix of the logistic calibration.
 
     Parameters
     ----------
     values : `astropy.table.Table` or mapping
-        Columns `SCORE_FEATURES`: the logits of the mean and highest
-        network probability, log length and log matched-filter SNR.
+        Columns ``features``: probabilities (``score_raw``,
+        ``max_probability``) enter as logits, lengths and SNRs
+        (``trail_length``, ``snr``, ``line_snr``) as logs.
+    features : sequence of `str`, optional
+        `SCORE_FEATURES` (the default) or `LINE_SCORE_FEATURES`.
     """
     eps = 1e-4
-
-    def logit(p):
-        p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
-        return np.log(p / (1 - p))
-
-    return np.column_stack(
-        [
-            logit(values["score_raw"]),
-            logit(values["max_probability"]),
-            np.log(np.clip(np.asarray(values["trail_length"], dtype=float), 1.0, None)),
-            np.log(np.clip(np.asarray(values["snr"], dtype=float), 0.5, None)),
-        ]
-    )
+    columns = []
+    for name in features:
+        transform = _FEATURE_TRANSFORMS.get(name)
+        if transform is None:
+            raise ValueError(f"unknown score feature {name!r}; known: {sorted(_FEATURE_TRANSFORMS)}.")
+        value = np.asarray(values[name], dtype=float)
+        if transform == "logit":
+            p = np.clip(value, eps, 1 - eps)
+            columns.append(np.log(p / (1 - p)))
+        else:
+            columns.append(np.log(np.clip(value, transform[1], None)))
+    return np.column_stack(columns)
 
 
 def fit_score_calibration(
-    values: Any, is_real: np.ndarray, *, method: str = "logistic", l2: float = 1.0, max_knots: int = 64
+    values: Any,
+    is_real: np.ndarray,
+    *,
+    method: str = "logistic",
+    l2: float = 1.0,
+    max_knots: int = 64,
+    features: tuple[str, ...] = SCORE_FEATURES,
 ) -> dict:
     """Fit a map from detection properties to the fraction of real detections.
 
@@ -261,6 +310,9 @@ def fit_score_calibration(
         Ridge penalty of the logistic fit (on standardized features).
     max_knots : `int`, optional
         Knots of the isotonic map.
+    features : `tuple` [`str`, ...], optional
+        Properties of the logistic fit (`SCORE_FEATURES` or
+        `LINE_SCORE_FEATURES`); stored with the calibration.
 
     Returns
     -------
@@ -304,7 +356,7 @@ def fit_score_calibration(
     from scipy.optimize import minimize
     from scipy.special import expit, log_expit
 
-    x = score_features(values)
+    x = score_features(values, features)
     if x.shape[0] != real.size:
         raise ValueError("the detection properties and is_real differ in length.")
     ok = np.all(np.isfinite(x), axis=1)
@@ -328,7 +380,7 @@ def fit_score_calibration(
     result = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="BFGS")
     return {
         "method": "logistic",
-        "features": list(SCORE_FEATURES),
+        "features": list(features),
         "mean": [float(v) for v in mean],
         "scale": [float(v) for v in scale],
         "coef": [float(v) for v in result.x[:-1]],
@@ -368,7 +420,10 @@ def apply_score_calibration(values: Any, calibration: Mapping[str, Any] | None) 
 
         if isinstance(values, np.ndarray | list | tuple):
             raise ValueError("a logistic score calibration needs the detections' properties, not raw scores.")
-        z = (score_features(values) - np.asarray(calibration["mean"])) / np.asarray(calibration["scale"])
+        features = tuple(calibration.get("features", SCORE_FEATURES))
+        z = (score_features(values, features) - np.asarray(calibration["mean"])) / np.asarray(
+            calibration["scale"]
+        )
         return expit(z @ np.asarray(calibration["coef"]) + calibration["intercept"])
     raise ValueError(f"unknown score calibration method {method!r}.")
 
@@ -406,6 +461,53 @@ def _near_edge(c: TrailCandidate, shape: tuple[int, int], no_data: np.ndarray | 
     return False
 
 
+def band_probability(candidate: TrailCandidate, probability: np.ndarray, half_width: float) -> float:
+    """Highest network probability within ``half_width`` of a segment."""
+    c = candidate
+    box, inside = segment_band(probability.shape, c.x_start, c.y_start, c.x_end, c.y_end, half_width)
+    values = probability[box][inside]
+    return float(values.max()) if values.size else 0.0
+
+
+def _properties(c: TrailCandidate) -> dict[str, list[float]]:
+    return {
+        "score_raw": [c.score_raw],
+        "max_probability": [c.max_probability],
+        "trail_length": [c.length],
+        "snr": [c.snr],
+        "line_snr": [c.line_snr],
+    }
+
+
+def resolve_duplicates(
+    network: list[TrailCandidate], line: list[TrailCandidate], psf_sigma: float
+) -> list[TrailCandidate]:
+    """Join the network's and the line search's candidates, one per trail.
+
+    Line candidates are taken in order of calibrated score; one that is the
+    same trail (`~.postprocess.same_trail`) as a candidate already held,
+    from either source, keeps whichever of the two has the higher calibrated
+    score and rejects the other as ``duplicate``. Candidates rejected for
+    their shape never displace another.
+    """
+    held = list(network)
+    for cand in sorted(line, key=lambda c: -c.score if np.isfinite(c.score) else np.inf):
+        if cand.rejected and cand.rejected != "low_score":
+            held.append(cand)
+            continue
+        for other in held:
+            if other.rejected and other.rejected not in ("low_score",):
+                continue
+            if not same_trail(cand, other, psf_sigma):
+                continue
+            loser = cand if not cand.score > other.score else other
+            loser.rejected = "duplicate"
+            if loser is cand:
+                break
+        held.append(cand)
+    return held
+
+
 def detect_trails(
     image: np.ndarray,
     variance: np.ndarray,
@@ -425,6 +527,9 @@ def detect_trails(
     keep_rejected: bool = False,
     mask_nsigma: float = 3.0,
     progress: bool = False,
+    line_search: LineSearchConfig | None = None,
+    line_score_calibration: Mapping[str, Any] | None = None,
+    workers: int = 1,
 ) -> DetectionResult:
     """Find the trails in one image.
 
@@ -469,6 +574,18 @@ def detect_trails(
         and the fitted sigma), also past the ends.
     progress : `bool`, optional
         Show a progress bar during inference.
+    line_search : `~.line_search.LineSearchConfig`, optional
+        Also search the source-masked image with segment matched filters
+        (`~.line_search.line_search`) for trails too faint for the network.
+        Its candidates are refined, classified and cut at ``min_score``
+        like the network's, scored with ``line_score_calibration``; where a
+        line candidate and a network candidate are the same trail, the one
+        with the higher calibrated score is kept (the other is rejected as
+        ``duplicate``).
+    line_score_calibration : `dict`, optional
+        From `fit_score_calibration` with `LINE_SCORE_FEATURES`.
+    workers : `int`, optional
+        Threads of the line search's FFTs.
 
     Returns
     -------
@@ -521,36 +638,44 @@ def detect_trails(
     blobs = saturated_blobs(saturated, config.min_saturated_blob)
     safe_image = np.where(good, image, 0.0).astype(np.float32)
     safe_variance = np.where(good, variance, 1.0).astype(np.float32)
-    kept, reasons = [], Counter()
+    reasons = Counter()
     # Components much shorter than the shortest trail kept (stars, hot pixels) are not worth a fit.
     prefit_min_length = 0.5 * config.min_length_fwhm * 2.3548 * psf_sigma
-    for candidate in candidates:
+
+    def refine(candidate: TrailCandidate, calibration: Mapping[str, Any] | None) -> TrailCandidate:
+        """Fit, measure, classify and score one candidate (``rejected`` says why it fails)."""
         if candidate.length < prefit_min_length:
-            reasons["short"] += 1
-            if keep_rejected:
-                candidate.rejected = "short"
-                candidate.score_raw = line_probability(candidate, probability, good)
-                kept.append(candidate)
-            continue
+            candidate.rejected = "short"
+            candidate.score_raw = line_probability(candidate, probability, good)
+            return candidate
         fitted = fit_trail(candidate, safe_image, safe_variance, good, psf_sigma, config)
         fitted.flux, fitted.flux_err = trail_photometry(fitted, safe_image, safe_variance, good, psf_sigma)
         fitted.snr = fitted.flux / fitted.flux_err if fitted.flux_err > 0 else float("nan")
         fitted.score_raw = line_probability(fitted, probability, good)
+        if fitted.origin == "line":
+            fitted.max_probability = band_probability(fitted, probability, 2.0 * psf_sigma)
         fitted.rejected = classify_candidate(fitted, psf_sigma, config, saturated, blobs)
-        if not fitted.rejected and min_score > 0:
-            properties = {
-                "score_raw": [fitted.score_raw],
-                "max_probability": [fitted.max_probability],
-                "trail_length": [fitted.length],
-                "snr": [fitted.snr],
-            }
-            if apply_score_calibration(properties, score_calibration)[0] < min_score:
-                fitted.rejected = "low_score"
-        if fitted.rejected:
-            reasons[fitted.rejected] += 1
+        fitted.score = float(apply_score_calibration(_properties(fitted), calibration)[0])
+        if not fitted.rejected and min_score > 0 and fitted.score < min_score:
+            fitted.rejected = "low_score"
+        return fitted
+
+    refined = [refine(c, score_calibration) for c in candidates]
+    timing["postprocess"] = time.perf_counter() - t0
+    if line_search is not None:
+        t0 = time.perf_counter()
+        found = run_line_search(image, variance, psf_sigma, good=good, config=line_search, workers=workers)
+        line_candidates = [refine(c, line_score_calibration) for c in found.candidates]
+        refined = resolve_duplicates(refined, line_candidates, psf_sigma)
+        timing["line_search"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    kept = []
+    for candidate in refined:
+        if candidate.rejected:
+            reasons[candidate.rejected] += 1
             if not keep_rejected:
                 continue
-        kept.append(fitted)
+        kept.append(candidate)
     kept.sort(key=lambda c: (-c.score_raw, c.y_start, c.x_start))
 
     mask = np.zeros(image.shape, dtype=bool)
@@ -581,7 +706,10 @@ def detect_trails(
                 "flux_err": c.flux_err,
                 "snr": c.snr,
                 "score_raw": c.score_raw,
+                "score": c.score,
                 "max_probability": c.max_probability,
+                "origin": c.origin,
+                "line_snr": c.line_snr,
                 "n_pixels": int(c.pixels_x.size),
                 "n_fragments": c.n_fragments,
                 "flag_edge": _near_edge(c, image.shape, no_data, edge_margin),
@@ -593,7 +721,6 @@ def detect_trails(
         )
     catalog = trail_catalog_from_rows(rows, keep_rejected)
     if rows:
-        catalog["score"] = apply_score_calibration(catalog, score_calibration)
         if pixel_to_sky is not None:
             for suffix, xs, ys in (
                 ("", "x", "y"),
@@ -607,7 +734,7 @@ def detect_trails(
     catalog.meta["threshold"] = float(config.threshold)
     catalog.meta["score_calibrated"] = bool(score_calibration)
     catalog.meta["min_score"] = float(min_score)
-    timing["postprocess"] = time.perf_counter() - t0
+    timing["postprocess"] += time.perf_counter() - t0
     return DetectionResult(
         catalog=catalog, probability=probability, mask=mask, rejected=dict(reasons), timing=timing
     )

@@ -156,6 +156,11 @@ class DetectTrailsConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Detect
         default=4.0,
     )
     spike_length = pexConfig.Field[float](doc="See spike_radius (pixels).", default=300.0)
+    line_search = pexConfig.Field[bool](
+        doc="Also run the model's source-masked matched-filter line search for faint trails, when the "
+        "model carries one (its settings and score calibration are part of the model).",
+        default=True,
+    )
     keep_rejected = pexConfig.Field[bool](
         doc="Keep rejected candidates in trail_catalog with the reason in the 'rejected' column.",
         default=False,
@@ -260,7 +265,9 @@ class DetectTrailsTask(pipeBase.PipelineTask):
         c = self.config
         if c.threads > 0:
             torch.set_num_threads(c.threads)
-        from_model = model_settings(model, threshold=c.threshold, min_score=c.min_score)
+        from_model = model_settings(
+            model, threshold=c.threshold, min_score=c.min_score, line_search=c.line_search
+        )
         threshold = from_model["threshold"]
         image = exposure.image.array
         variance = exposure.variance.array
@@ -305,6 +312,7 @@ class DetectTrailsTask(pipeBase.PipelineTask):
             config=c.postprocess_config(threshold),
             keep_rejected=c.keep_rejected,
             mask_nsigma=c.mask_nsigma,
+            workers=max(c.threads, 1),
         )
         return self._package(result, exposure, model, threshold, sigma)
 

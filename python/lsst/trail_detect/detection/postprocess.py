@@ -52,6 +52,7 @@ __all__ = (
     "find_components",
     "fit_trail",
     "merge_collinear",
+    "same_trail",
     "saturated_blobs",
     "segment_band",
     "trail_model",
@@ -165,6 +166,9 @@ class TrailCandidate:
     snr: float = float("nan")
     score_raw: float = float("nan")
     rejected: str = ""
+    origin: str = "cnn"
+    line_snr: float = float("nan")
+    score: float = float("nan")
 
     @property
     def length(self) -> float:
@@ -308,6 +312,26 @@ def _gap_is_masked(a: TrailCandidate, b: TrailCandidate, bad: np.ndarray | None)
         | bad[ys, np.clip(xs - 1, 0, bad.shape[1] - 1)]
     )
     return float(near.mean()) >= 0.3
+
+
+def same_trail(a: TrailCandidate, b: TrailCandidate, psf_sigma: float, max_offset_sigma: float = 3.0) -> bool:
+    """Whether two segments are detections of one trail.
+
+    Their directions agree (within 10 degrees, relaxed to ``atan(3 sigma /
+    length)`` of the shorter), both ends of the shorter lie within
+    ``max_offset_sigma`` PSF sigmas (plus a pixel) of the longer's line, and
+    they overlap along it.
+    """
+    if a.length < b.length:
+        a, b = b, a
+    short = max(b.length, 1.0)
+    tolerance = max(10.0, math.degrees(math.atan(3.0 * psf_sigma / short)))
+    if _angle_difference(a.beta, b.beta) > tolerance:
+        return False
+    s, perp = _line_offsets(a, np.array([b.x_start, b.x_end]), np.array([b.y_start, b.y_end]))
+    if np.max(np.abs(perp)) > max_offset_sigma * psf_sigma + 1.0:
+        return False
+    return float(s.max()) >= 0.0 and float(s.min()) <= a.length
 
 
 def merge_collinear(

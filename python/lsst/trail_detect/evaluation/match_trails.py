@@ -204,6 +204,13 @@ def build_match_table(
 
     for name in ("score", "score_raw", "snr", "flux"):
         rows[name] = det_values(name)
+    # What found each detection: the network or the line search (catalogs before the line search: cnn).
+    origin = (
+        np.asarray(detections["origin"], dtype="U8")
+        if n_det and "origin" in detections.colnames
+        else np.full(n_det, "cnn", dtype="U8")
+    )
+    rows["det_origin"] = np.where(detected, origin[np.clip(matched, 0, None)] if n_det else "", "")
     rows["angle_difference"] = np.asarray(match.angle_difference, dtype=float)
     rows["perpendicular_distance"] = np.asarray(match.perpendicular_distance, dtype=float)
     rows["overlap"] = np.asarray(match.overlap, dtype=float)
@@ -257,6 +264,7 @@ def build_match_table(
         more["det_trail_id"] = np.asarray(detections["trail_id"], dtype=np.int64)[extra]
         for name in ("score", "score_raw", "snr", "flux"):
             more[name] = np.asarray(detections[name], dtype=float)[extra]
+        more["det_origin"] = origin[extra]
         for name in ("angle_difference", "perpendicular_distance", "overlap"):
             more[name] = np.full(extra.size, np.nan)
         more["n_fragments"] = np.zeros(extra.size, dtype=np.int64)

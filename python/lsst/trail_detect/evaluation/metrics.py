@@ -912,6 +912,9 @@ def evaluate_matches(
         - ``completeness_by_length``: ``edges``, ``labels`` and ``bins``, a
           list with, per length bin, the ``nu_opt`` curves as above;
         - ``offset_from_ideal``: `offset_from_ideal` of the CNN in ``nu_opt``;
+        - ``found_by`` (with a ``det_origin`` column): per ``nu_det`` bin,
+          the completeness from the network's detections (``cnn``) and from
+          the line search's (``line``), which add up to the ``cnn`` curve;
         - ``false_positives_per_4k_detector``, ``purity``, ``fp_classes``
           and ``false_positives``: the `false_positives_per_detector` dict;
         - ``at_fp_budget``: the lowest score cut with at most 10 FP per 4k
@@ -981,6 +984,17 @@ def evaluate_matches(
         "bins": [curves(nu_opt, nu_opt_edges, length_index == i) for i in range(len(length_edges) - 1)],
     }
     metrics["offset_from_ideal"] = offset_from_ideal(nu_opt, cnn, length, length_edges, ideal_threshold)
+    if "det_origin" in names:
+        # Which part of the detection found each trail: the network or the line search.
+        origin = _str_col(t, "det_origin")
+        metrics["found_by"] = {
+            "edges": np.asarray(nu_det_edges, dtype=float),
+            "labels": _bin_labels(nu_det_edges),
+            **{
+                name: binned_completeness(nu_det, cnn & (origin == name), nu_det_edges)["completeness"]
+                for name in ("cnn", "line")
+            },
+        }
 
     fp = false_positives_per_detector(table, min_score, area_pixels=area_pixels)
     metrics.update(

@@ -1,0 +1,325 @@
+# This file is part of trail_detect.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Tests of the source-masked matched-filter line search and of its place in the detection."""
+
+import math
+import unittest
+
+import numpy as np
+
+import lsst.utils.tests
+from lsst.trail_detect.detection.detect import resolve_duplicates
+from lsst.trail_detect.detection.line_search import (
+    LineSearchConfig,
+    _bin,
+    _filter,
+    line_search,
+    segment_kernel,
+)
+from lsst.trail_detect.detection.postprocess import TrailCandidate, same_trail, trail_model
+
+SIGMA = 1.7
+
+
+def grid(shape):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return xx.astype(float), yy.astype(float)
+
+
+def trail_image(shape, segment, nu_det, sigma=SIGMA, noise=1.0):
+    """Unit-variance noise-free model of a trail scaled to a PSF-filter peak SNR ``nu_det``."""
+    xx, yy = grid(shape)
+    model = trail_model(xx, yy, *segment, sigma)
+    # PSF-filter peak SNR of the unit-flux model: max of (model * psf) / sqrt(sum psf^2) with unit noise.
+    from scipy import ndimage
+
+    psf_norm = 1.0 / math.sqrt(4 * math.pi * sigma**2)  # sqrt(sum psf^2) for a unit Gaussian
+    peak = float(ndimage.gaussian_filter(model, sigma).max()) / (psf_norm**2) * psf_norm
+    return (nu_det / peak) * noise * model
+
+
+def nu_opt(image, noise=1.0):
+    return float(np.sqrt(np.sum((image / noise) ** 2)))
+
+
+class LineSearchTestCase(lsst.utils.tests.TestCase):
+    """Noise calibration, masking, recovery of faint trails."""
+
+    def test_kernel(self):
+        for factor in (1, 2):
+            kernel = segment_kernel(30.0, 0.4, SIGMA, factor)
+            self.assertEqual(kernel.shape[0] % 2, 1)
+            self.assertEqual(kernel.shape[0], kernel.shape[1])
+            # Unit flux per pixel of the original grid (a block holds factor**2 pixels).
+            self.assertAlmostEqual(float(kernel.sum()) * factor**2, 1.0, delta=0.01)
+            # Point-symmetric about the centre, as a centred segment is.
+            np.testing.assert_allclose(kernel, kernel[::-1, ::-1], atol=1e-9)
+
+    def test_unit_normal_on_noise_with_masks(self):
+        """Each kernel's SNR is unit normal on noise, also where part of the kernel is masked."""
+        rng = np.random.default_rng(5)
+        shape = (384, 384)
+        variance = rng.uniform(0.5, 2.0) * np.ones(shape, dtype=np.float32)
+        image = (rng.normal(size=shape) * np.sqrt(variance)).astype(np.float32)
+        good = rng.uniform(size=shape) > 0.2  # 20% of the pixels missing
+        good[100:140, :] = False  # and a band
+        weight = np.where(good, 1.0 / variance, 0.0).astype(np.float32)
+        data = (np.where(good, image, 0.0) * weight).astype(np.float32)
+        config = LineSearchConfig(min_coverage=0.3)
+        for factor, length in ((1, 12.0), (2, 40.0)):
+            snr = _filter(_bin(data, factor), _bin(weight, factor), length, 0.7, SIGMA, factor, config, 1)
+            values = snr[snr != 0]
+            # Neighbouring outputs are correlated, so the sample is smaller than it looks.
+            self.assertAlmostEqual(float(values.mean()), 0.0, delta=0.08)
+            self.assertAlmostEqual(float(values.std()), 1.0, delta=0.06)
+
+    def test_matched_filter_snr(self):
+        """On a noiseless trail matching a kernel, the SNR is the trail's optimal SNR."""
+        shape = (200, 200)
+        fwhm = 2.3548 * SIGMA
+        length = 10 * fwhm
+        angle = math.radians(30.0)
+        cx, cy = 100.0, 90.0
+        dx, dy = 0.5 * length * math.cos(angle), 0.5 * length * math.sin(angle)
+        segment = (cx - dx, cy - dy, cx + dx, cy + dy)
+        signal = trail_image(shape, segment, 3.0)
+        config = LineSearchConfig(lengths_fwhm=(10.0,), threshold=3.0, bin_min_sigma=100.0)
+        result = line_search(signal.astype(np.float32), np.ones(shape, np.float32), SIGMA, config=config)
+        expected = nu_opt(signal)
+        self.assertGreater(expected, 6.0)
+        # Within the angular and pixel sampling of the bank.
+        self.assertAlmostEqual(float(result.snr.max()) / expected, 1.0, delta=0.04)
+
+    def test_finds_faint_trail_among_stars(self):
+        """A trail below any 5 sigma detection is found; bright stars are masked, not found."""
+        rng = np.random.default_rng(11)
+        shape = (512, 512)
+        xx, yy = grid(shape)
+        image = rng.normal(size=shape)
+        for _ in range(30):
+            x, y = rng.uniform(10, 502, 2)
+            image += 10 ** rng.uniform(1.5, 3.5) * trail_model(xx, yy, x, y, x, y, SIGMA)
+        segment = (80.0, 300.0, 220.0, 380.0)
+        faint = trail_image(shape, segment, 3.0)
+        self.assertGreater(nu_opt(faint), 8.0)
+        variance = np.ones(shape, dtype=np.float32)
+        without = line_search(image.astype(np.float32), variance, SIGMA)
+        self.assertEqual(without.candidates, [], [c.line_snr for c in without.candidates])
+        self.assertGreater(without.masked.mean(), 0.005)
+        found = line_search((image + faint).astype(np.float32), variance, SIGMA)
+        self.assertGreaterEqual(len(found.candidates), 1)
+        best = found.candidates[0]
+        self.assertEqual(best.origin, "line")
+        self.assertGreater(best.line_snr, 6.0)
+        truth = TrailCandidate(*segment, np.zeros(0), np.zeros(0), np.zeros(0), max_probability=0.0)
+        self.assertTrue(same_trail(best, truth, SIGMA))
+        self.assertGreater(best.length, 0.4 * truth.length)
+
+    def test_bad_input(self):
+        image = np.zeros((64, 64), dtype=np.float32)
+        with self.assertRaisesRegex(ValueError, "PSF sigma"):
+            line_search(image, np.ones_like(image), 0.0)
+        with self.assertRaisesRegex(ValueError, "shape"):
+            line_search(image, np.ones((32, 32), np.float32), SIGMA)
+        # Nothing usable: no candidates, no error.
+        self.assertEqual(line_search(image, np.zeros_like(image), SIGMA).candidates, [])
+
+    def test_config(self):
+        config = LineSearchConfig(lengths_fwhm=(4.0, 12.0), threshold=6.5)
+        self.assertEqual(LineSearchConfig.from_dict(config.to_dict()), config)
+        with self.assertRaisesRegex(ValueError, "unknown line search settings"):
+            LineSearchConfig.from_dict({"lengths": [1.0]})
+        with self.assertRaisesRegex(ValueError, "lengths"):
+            LineSearchConfig(lengths_fwhm=(0.0,))
+        with self.assertRaisesRegex(ValueError, "min_coverage"):
+            LineSearchConfig(min_coverage=1.5)
+
+
+class DuplicateTestCase(lsst.utils.tests.TestCase):
+    """One detection per trail when the network and the line search both find it."""
+
+    def candidate(self, segment, score, origin="line", rejected=""):
+        c = TrailCandidate(
+            *segment, np.zeros(0), np.zeros(0), np.zeros(0), max_probability=0.5, origin=origin
+        )
+        c.score = score
+        c.rejected = rejected
+        return c
+
+    def test_same_trail(self):
+        long = self.candidate((0.0, 0.0, 100.0, 0.0), 0.5)
+        self.assertTrue(same_trail(long, self.candidate((20.0, 2.0, 60.0, 2.5), 0.5), SIGMA))
+        # Parallel but offset by 10 sigma: another trail.
+        self.assertFalse(same_trail(long, self.candidate((20.0, 17.0, 60.0, 17.0), 0.5), SIGMA))
+        # Crossing at 45 degrees: another trail.
+        self.assertFalse(same_trail(long, self.candidate((30.0, -20.0, 70.0, 20.0), 0.5), SIGMA))
+        # Collinear but beyond the end.
+        self.assertFalse(same_trail(long, self.candidate((130.0, 0.0, 170.0, 0.0), 0.5), SIGMA))
+
+    def test_resolve(self):
+        cnn = self.candidate((0.0, 0.0, 100.0, 0.0), 0.9, origin="cnn")
+        weaker = self.candidate((10.0, 1.0, 80.0, 1.0), 0.4)
+        stronger_cnn_low = self.candidate((0.0, 50.0, 100.0, 50.0), 0.2, origin="cnn", rejected="low_score")
+        stronger = self.candidate((5.0, 50.0, 95.0, 50.5), 0.7)
+        shape_rejected = self.candidate((0.0, 90.0, 100.0, 90.0), 0.99, origin="cnn", rejected="extended")
+        on_rejected = self.candidate((0.0, 90.0, 100.0, 90.0), 0.6)
+        twin_a = self.candidate((0.0, 150.0, 60.0, 150.0), 0.8)
+        twin_b = self.candidate((5.0, 150.5, 70.0, 150.5), 0.75)
+        held = resolve_duplicates(
+            [cnn, stronger_cnn_low, shape_rejected], [weaker, stronger, on_rejected, twin_b, twin_a], SIGMA
+        )
+        self.assertEqual(len(held), 8)
+        self.assertEqual(cnn.rejected, "")
+        self.assertEqual(weaker.rejected, "duplicate")
+        # A line candidate scoring higher replaces the network's candidate of the same trail.
+        self.assertEqual(stronger.rejected, "")
+        self.assertEqual(stronger_cnn_low.rejected, "duplicate")
+        # A candidate rejected for its shape does not hide another.
+        self.assertEqual(shape_rejected.rejected, "extended")
+        self.assertEqual(on_rejected.rejected, "")
+        # Two line candidates of one trail: the higher score stays.
+        self.assertEqual(twin_a.rejected, "")
+        self.assertEqual(twin_b.rejected, "duplicate")
+
+
+class HybridDetectionTestCase(lsst.utils.tests.TestCase):
+    """The line search inside detect_trails and the calibration, with the shipped network."""
+
+    @classmethod
+    def setUpClass(cls):
+        import torch
+
+        from lsst.trail_detect.detection.detect import load_network
+        from lsst.trail_detect.models.storage import TrailDetectorModel
+        from lsst.trail_detect.paths import default_model_path
+
+        torch.set_num_threads(1)
+        cls.model = TrailDetectorModel.load(default_model_path())
+        cls.network = load_network(cls.model, "cpu")
+
+    def samples(self, n, seed):
+        """Star fields of 256^2 with one faint long trail (nu_det 3) and one bright one each."""
+        from astropy.table import Table
+
+        from lsst.trail_detect.detection.calibration import CalibrationSample
+
+        rng = np.random.default_rng(seed)
+        shape = (256, 256)
+        xx, yy = grid(shape)
+        out = []
+        for k in range(n):
+            image = rng.normal(size=shape)
+            for _ in range(8):
+                x, y = rng.uniform(10, 246, 2)
+                image += 10 ** rng.uniform(1.5, 3.0) * trail_model(xx, yy, x, y, x, y, SIGMA)
+            # Edge-on galaxies, which the network and the search can take for trails.
+            for _ in range(3):
+                x, y, theta = rng.uniform(20, 236), rng.uniform(110, 150), rng.uniform(0, math.pi)
+                u = (xx - x) * math.cos(theta) + (yy - y) * math.sin(theta)
+                v = -(xx - x) * math.sin(theta) + (yy - y) * math.cos(theta)
+                image += 400 * np.exp(-0.5 * ((u / (4 * SIGMA)) ** 2 + (v / (1.3 * SIGMA)) ** 2)) / (
+                    2 * math.pi * 5.2 * SIGMA**2
+                )
+            rows = []
+            for nu_det, y0 in ((3.0, 60.0), (15.0, 190.0)):
+                angle = rng.uniform(-0.3, 0.3)
+                segment = (40.0, y0, 40.0 + 160 * math.cos(angle), y0 + 160 * math.sin(angle))
+                image += trail_image(shape, segment, nu_det)
+                rows.append((*segment, nu_det))
+            truth = Table(rows=rows, names=("x_start", "y_start", "x_end", "y_end", "nu_det"))
+            truth["injection_flag"] = 0
+            truth["trail_length"] = np.hypot(truth["x_end"] - truth["x_start"], truth["y_end"] - truth["y_start"])
+            out.append(
+                CalibrationSample(
+                    image=image.astype(np.float32),
+                    variance=np.ones(shape, np.float32),
+                    truth=truth,
+                    psf_sigma=SIGMA,
+                    label=f"image {k}",
+                )
+            )
+        return out
+
+    def test_calibrate_and_detect(self):
+        from lsst.trail_detect.detection.calibration import calibrate_trail_model
+        from lsst.trail_detect.detection.detect import LINE_SCORE_FEATURES, detect_trails, model_settings
+        from lsst.trail_detect.detection.inference import InferenceSettings
+        from lsst.trail_detect.evaluation.matching import match_trails
+
+        settings = InferenceSettings(tile=256, overlap=32)
+        # Low thresholds so that both sources have false candidates to calibrate on.
+        search = LineSearchConfig(threshold=4.0, lengths_fwhm=(10.0, 20.0))
+        calibrated, summary = calibrate_trail_model(
+            self.model,
+            self.samples(4, seed=1),
+            network=self.network,
+            threshold=0.1,
+            settings=settings,
+            line_search=search,
+            max_fp_per_detector=1000.0,
+        )
+        line = calibrated.metadata["line_search"]
+        self.assertEqual(LineSearchConfig.from_dict(line["config"]), search)
+        self.assertEqual(line["score_calibration"]["features"], list(LINE_SCORE_FEATURES))
+        self.assertGreater(summary["n_line_real"], 0)
+        self.assertGreater(summary["n_line_candidates"], summary["n_line_real"])
+        # The network's own calibration is unchanged in kind; the model without the search is as before.
+        self.assertNotIn("line_search", self.model.metadata)
+        plain = model_settings(self.model)
+        self.assertIsNone(plain["line_search"])
+        kwargs = model_settings(calibrated)
+        self.assertEqual(kwargs["line_search"], search)
+        self.assertIsNone(model_settings(calibrated, line_search=False)["line_search"])
+        # On new images the faint trails come from the line search, one detection per trail.
+        n_found = {"cnn": 0, "line": 0}
+        for sample in self.samples(2, seed=2):
+            common = dict(network=self.network, psf_sigma=SIGMA, settings=settings, **kwargs)
+            result = detect_trails(sample.image, sample.variance, **common)
+            catalog = result.catalog
+            self.assertIn("line_search", result.timing)
+            match = match_trails(catalog, sample.truth, psf_sigma=SIGMA)
+            self.assertEqual(match.n_fragments, 0, str(catalog))
+            for row in range(len(sample.truth)):
+                det = match.truth_to_det[row]
+                if det >= 0:
+                    n_found[str(catalog["origin"][det])] += 1
+            faint = match.truth_to_det[0]
+            self.assertGreaterEqual(faint, 0, str(catalog))
+            self.assertEqual(catalog["origin"][faint], "line")
+            self.assertGreater(catalog["line_snr"][faint], 6.0)
+            # Without the search the network alone misses the faint trail.
+            alone = detect_trails(sample.image, sample.variance, **(common | {"line_search": None}))
+            self.assertLess(match_trails(alone.catalog, sample.truth, psf_sigma=SIGMA).truth_to_det[0], 0)
+        self.assertEqual(n_found["line"] + n_found["cnn"], 4)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
