@@ -236,8 +236,10 @@ class HybridDetectionTestCase(lsst.utils.tests.TestCase):
                 x, y, theta = rng.uniform(20, 236), rng.uniform(110, 150), rng.uniform(0, math.pi)
                 u = (xx - x) * math.cos(theta) + (yy - y) * math.sin(theta)
                 v = -(xx - x) * math.sin(theta) + (yy - y) * math.cos(theta)
-                image += 400 * np.exp(-0.5 * ((u / (4 * SIGMA)) ** 2 + (v / (1.3 * SIGMA)) ** 2)) / (
-                    2 * math.pi * 5.2 * SIGMA**2
+                image += (
+                    400
+                    * np.exp(-0.5 * ((u / (4 * SIGMA)) ** 2 + (v / (1.3 * SIGMA)) ** 2))
+                    / (2 * math.pi * 5.2 * SIGMA**2)
                 )
             rows = []
             for nu_det, y0 in ((3.0, 60.0), (15.0, 190.0)):
@@ -247,7 +249,9 @@ class HybridDetectionTestCase(lsst.utils.tests.TestCase):
                 rows.append((*segment, nu_det))
             truth = Table(rows=rows, names=("x_start", "y_start", "x_end", "y_end", "nu_det"))
             truth["injection_flag"] = 0
-            truth["trail_length"] = np.hypot(truth["x_end"] - truth["x_start"], truth["y_end"] - truth["y_start"])
+            truth["trail_length"] = np.hypot(
+                truth["x_end"] - truth["x_start"], truth["y_end"] - truth["y_start"]
+            )
             out.append(
                 CalibrationSample(
                     image=image.astype(np.float32),

@@ -476,7 +476,12 @@ def detect_fits(
     help="Model file to calibrate (default: trail_detector_model from --model-collections).",
 )
 @click.option("--model-collections", default=None, help="Collection(s) holding trail_detector_model.")
-@click.option("--split", default="validation", show_default=True, help="Split(s) whose images are used, comma-separated (e.g. validation,test).")
+@click.option(
+    "--split",
+    default="validation",
+    show_default=True,
+    help="Split(s) whose images are used, comma-separated (e.g. validation,test).",
+)
 @click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the split assignment.")
 @click.option("--where", default="", help="Butler query restricting the data IDs.")
 @click.option(
@@ -506,7 +511,7 @@ def detect_fits(
 @click.option(
     "--line-search-config",
     default=None,
-    help='Line search settings as JSON (LineSearchConfig fields, e.g. \'{"threshold": 6.0}\').',
+    help="Line search settings as JSON (LineSearchConfig fields, e.g. '{\"threshold\": 6.0}').",
 )
 def calibrate(
     repo,

@@ -153,8 +153,10 @@ def source_mask(
     psf_sigma: float,
     levels: tuple[tuple[float, float], ...],
 ) -> np.ndarray:
-    """Pixels of sources: for each ``(snr, grow)`` level, PSF-filter SNR above ``snr`` grown by
-    ``grow`` PSF sigmas; the union of the levels."""
+    """Pixels of sources: the union over ``(snr, grow)`` levels of PSF-filter SNR above ``snr``.
+
+    Each level's pixels are grown by ``grow`` PSF sigmas.
+    """
     from ..simulation.stack_detection import _dilate_disc, psf_filter_snr
 
     snr, _ = psf_filter_snr(image, variance, psf_sigma, bad=~good)
