@@ -62,8 +62,9 @@ demo: $(STAMP)
 	@echo "   and README.md, 'Looking at the outputs'."
 
 # The shipped default model: a survey of TRAIN_VISITS x 9 detectors, its trail and star training sets, the
-# star detector and the trail segmenter pretrained from it, all from TRAIN_SEED; the model is copied into the
-# package (python/lsst/trail_detect/data/), where make-repo finds it.
+# star detector and the trail segmenter pretrained from it, all from TRAIN_SEED; the model is calibrated with
+# the line search on the survey's validation and test images (never trained on) and copied into the package
+# (python/lsst/trail_detect/data/), where make-repo finds it.
 TRAIN_DIR ?= build/train-default
 TRAIN_VISITS ?= 6
 TRAIN_SEED ?= 2026
@@ -84,7 +85,8 @@ train-default: $(STAMP)
 	$(VENV)/bin/trail-detect export-model $(TRAIN_DIR)/repo $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors \
 	  --collections SimCam/runs/train_default/models
 	$(VENV)/bin/trail-detect calibrate $(TRAIN_DIR)/repo python/lsst/trail_detect/data/trail_detector_default.safetensors \
-	  --collections SimCam/runs/train_default/data --model $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors --method logistic --threads 2
+	  --collections SimCam/runs/train_default/data --model $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors --method logistic --threads 2 \
+	  --split validation,test --line-search
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadscope --durations=15 tests

@@ -32,8 +32,12 @@ from lsst.trail_detect.detection.line_search import (
     LineSearchConfig,
     _bin,
     _filter,
+    extend_segment,
     line_search,
+    remove_line_patterns,
     segment_kernel,
+    segment_snr,
+    source_mask,
 )
 from lsst.trail_detect.detection.postprocess import TrailCandidate, same_trail, trail_model
 
@@ -134,6 +138,95 @@ class LineSearchTestCase(lsst.utils.tests.TestCase):
         self.assertTrue(same_trail(best, truth, SIGMA))
         self.assertGreater(best.length, 0.4 * truth.length)
 
+    def test_remove_line_patterns(self):
+        """Column and row offsets go; a trail across them keeps its flux."""
+        rng = np.random.default_rng(3)
+        shape = (256, 256)
+        segment = (30.0, 40.0, 220.0, 200.0)
+        trail = trail_image(shape, segment, 4.0)
+        image = rng.normal(size=shape) + trail
+        image[:, 100] += 3.0
+        image[50, :] -= 2.0
+        use = np.ones(shape, dtype=bool)
+        use[:, :10] = False
+        cleaned = remove_line_patterns(image.astype(np.float32), use)
+        self.assertTrue(np.all(cleaned[~use] == 0))
+        self.assertAlmostEqual(float(np.median(cleaned[use[:, 100], 100])), 0.0, delta=0.15)
+        self.assertAlmostEqual(float(np.median(cleaned[50, use[50]])), 0.0, delta=0.15)
+        kept = float(np.sum(cleaned * trail) / np.sum(trail * trail))
+        self.assertAlmostEqual(kept, 1.0, delta=0.1)
+
+    def test_segment_snr_ignores_smooth_light(self):
+        """The plane fitted beside the segment takes up a galaxy's or a star's smooth light."""
+        rng = np.random.default_rng(4)
+        shape = (200, 200)
+        segment = (40.0, 100.0, 160.0, 100.0)
+        candidate = TrailCandidate(*segment, np.zeros(0), np.zeros(0), np.zeros(0), max_probability=0.0)
+        noise = rng.normal(size=shape)
+        variance = np.ones(shape)
+        use = np.ones(shape, dtype=bool)
+        trail = trail_image(shape, segment, 3.0)
+        expected = nu_opt(trail)
+        measured = segment_snr(candidate, noise + trail, variance, use, SIGMA)
+        self.assertAlmostEqual(measured / expected, 0.85, delta=0.15)
+        # A gradient across the segment (the wing of a source beside it), with no trail.
+        _, yy = grid(shape)
+        ramp = 0.4 * (yy - 80.0) / 10.0
+        self.assertLess(abs(segment_snr(candidate, noise + ramp, variance, use, SIGMA)), 3.0)
+        template = trail_model(*grid(shape), *segment, SIGMA)
+        plain = float(np.sum(template * (noise + ramp + 0.5)) / np.sqrt(np.sum(template**2)))
+        self.assertGreater(plain, 10.0)
+        # Too few usable pixels.
+        self.assertTrue(np.isnan(segment_snr(candidate, noise, variance, np.zeros(shape, bool), SIGMA)))
+
+    def test_extend_segment(self):
+        """A piece of a trail grows to the trail's ends."""
+        rng = np.random.default_rng(6)
+        shape = (256, 256)
+        segment = (40.0, 60.0, 210.0, 170.0)
+        trail = trail_image(shape, segment, 3.0)
+        image = rng.normal(size=shape) + trail
+        t = 0.3, 0.6
+        piece = TrailCandidate(
+            segment[0] + t[0] * (segment[2] - segment[0]),
+            segment[1] + t[0] * (segment[3] - segment[1]),
+            segment[0] + t[1] * (segment[2] - segment[0]),
+            segment[1] + t[1] * (segment[3] - segment[1]),
+            np.zeros(0),
+            np.zeros(0),
+            np.zeros(0),
+            max_probability=0.0,
+        )
+        use = np.ones(shape, dtype=bool)
+        variance = np.ones(shape)
+        before = segment_snr(piece, image, variance, use, SIGMA)
+        grown, after = extend_segment(piece, image, variance, use, SIGMA)
+        self.assertGreater(after, before + 2.0)
+        truth_length = math.hypot(segment[2] - segment[0], segment[3] - segment[1])
+        self.assertAlmostEqual(grown.length, truth_length, delta=4 * 2.3548 * SIGMA)
+        self.assertAlmostEqual(grown.beta, piece.beta, delta=1e-6)
+
+    def test_source_mask_spares_faint_trails(self):
+        """Noise lifts a faint trail past 5 sigma in places: those footprints are spared, stars are not."""
+        rng = np.random.default_rng(8)
+        shape = (256, 256)
+        xx, yy = grid(shape)
+        segment = (20.0, 40.0, 230.0, 60.0)
+        star = 60.0 * trail_model(xx, yy, 128.0, 180.0, 128.0, 180.0, SIGMA)  # PSF SNR ~ 10
+        image = rng.normal(size=shape) + trail_image(shape, segment, 5.5) + star
+        variance, good = np.ones(shape), np.ones(shape, dtype=bool)
+        levels = ((5.0, 1.0), (30.0, 3.0))
+        plain = source_mask(image, variance, good, SIGMA, levels)
+        spared = source_mask(image, variance, good, SIGMA, levels, spare_elongation=2.0, spare_max_snr=8.0)
+        q = np.linspace(0.05, 0.95, 80)
+        on_trail = (
+            np.rint(segment[1] + q * (segment[3] - segment[1])).astype(int),
+            np.rint(segment[0] + q * (segment[2] - segment[0])).astype(int),
+        )
+        self.assertGreater(plain[on_trail].mean(), 0.3)
+        self.assertLess(spared[on_trail].mean(), 0.5 * plain[on_trail].mean())
+        self.assertTrue(spared[180, 128] and plain[180, 128])
+
     def test_bad_input(self):
         image = np.zeros((64, 64), dtype=np.float32)
         with self.assertRaisesRegex(ValueError, "PSF sigma"):
@@ -213,8 +306,23 @@ class HybridDetectionTestCase(lsst.utils.tests.TestCase):
         from lsst.trail_detect.paths import default_model_path
 
         torch.set_num_threads(1)
-        cls.model = TrailDetectorModel.load(default_model_path())
+        shipped = TrailDetectorModel.load(default_model_path())
+        # The network alone: the shipped model without its line search, to calibrate one anew.
+        metadata = {k: v for k, v in shipped.metadata.items() if k != "line_search"}
+        cls.model = TrailDetectorModel(
+            kind=shipped.kind, architecture=shipped.architecture, tensors=shipped.tensors, metadata=metadata
+        )
+        cls.shipped = shipped
         cls.network = load_network(cls.model, "cpu")
+
+    def test_shipped_model_has_a_line_search(self):
+        from lsst.trail_detect.detection.detect import LINE_SCORE_FEATURES, model_settings
+
+        kwargs = model_settings(self.shipped)
+        self.assertIsInstance(kwargs["line_search"], LineSearchConfig)
+        self.assertEqual(kwargs["line_score_calibration"]["features"], list(LINE_SCORE_FEATURES))
+        validation = self.shipped.metadata["score_calibration"]["validation"]
+        self.assertLessEqual(validation["false_positives_per_4k_detector_at_min_score"], 10.0)
 
     def samples(self, n, seed):
         """Star fields of 256^2 with one faint long trail (nu_det 3) and one bright one each."""

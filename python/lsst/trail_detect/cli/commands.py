@@ -591,6 +591,14 @@ def calibrate(
         f"{summary['false_positives_per_4k_detector_at_min_score']:.1f} false positives per 4k detector. "
         f"Wrote {out}."
     )
+    bins = summary.get("completeness_at_min_score_nu_det")
+    if bins:
+        click.echo(
+            "Completeness at min_score by nu_det: "
+            + ", ".join(
+                f"{label}: {'-' if value is None else f'{value:.3f}'}" for label, value in bins.items()
+            )
+        )
 
 
 @click.command("import-model")

@@ -282,6 +282,7 @@ def calibrate_trail_model(
 
     # The joined catalog, as the detection makes it, and one cut on it.
     scores, false, matched = [], [], []
+    truth_nu_det, truth_score = [], []
     n_matched = 0
     for catalog, truth, psf_sigma in images:
         catalog = catalog.copy()
@@ -297,7 +298,16 @@ def calibrate_trail_model(
         index_of = {id(c): k for k, c in enumerate(candidates)}
         order = [index_of[id(c)] for c in joined]
         kept = catalog[order]
-        status = np.asarray(match_trails(kept, truth, psf_sigma=psf_sigma).det_status)
+        match = match_trails(kept, truth, psf_sigma=psf_sigma)
+        status = np.asarray(match.det_status)
+        if "nu_det" in truth.colnames:
+            valid = np.asarray(match.truth_valid)
+            det = np.asarray(match.truth_to_det)[valid]
+            truth_nu_det.extend(np.asarray(truth["nu_det"], dtype=float)[valid])
+            kept_scores = np.asarray(kept["score"], dtype=float)
+            truth_score.extend(
+                np.where(det >= 0, kept_scores[np.clip(det, 0, None)] if len(kept) else 0, np.nan)
+            )
         scores.extend(np.asarray(kept["score"], dtype=float))
         false.extend(status == "false_positive")
         matched.extend(status == "matched")
@@ -321,6 +331,15 @@ def calibrate_trail_model(
         "false_positives_per_4k_detector_at_min_score": float(np.sum(false & above) / area_4k),
         "threshold": float(threshold),
     }
+    if truth_nu_det:
+        # Completeness at min_score in the nu_det bins of the evaluation.
+        nu, found = np.asarray(truth_nu_det), np.asarray(truth_score) >= min_score
+        summary["completeness_at_min_score_nu_det"] = {
+            f"{lo:g}-{hi:g}": float(found[(nu >= lo) & (nu < hi)].mean())
+            if np.any((nu >= lo) & (nu < hi))
+            else None
+            for lo, hi in ((2, 5), (5, 10), (10, 31))
+        }
     if line_search is not None:
         summary["n_line_candidates"] = int(len(real["line"]))
         summary["n_line_real"] = int(np.sum(real["line"]))

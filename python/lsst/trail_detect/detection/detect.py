@@ -55,7 +55,7 @@ import numpy as np
 
 from ..tiles.normalization import Normalization, apply_normalization, fit_normalization
 from .inference import InferenceSettings, predict_probability, resolve_device
-from .line_search import LineSearchConfig
+from .line_search import LineSearchConfig, extend_segment
 from .line_search import line_search as run_line_search
 from .postprocess import (
     PostprocessConfig,
@@ -105,7 +105,8 @@ TRAIL_CATALOG_COLUMNS: dict[str, tuple[Any, str | None, str]] = {
     "line_snr": (
         np.float64,
         None,
-        "Source-masked matched-filter SNR of the line search's peak (NaN for the network's candidates).",
+        "Line search candidates: SNR of the fitted segment's flux on the source-masked image, with a "
+        "local plane background fitted beside it (NaN for the network's candidates).",
     ),
     "max_probability": (np.float64, None, "Highest network probability in the trail's pixels."),
     "n_pixels": (np.int64, None, "Pixels above the hysteresis threshold."),
@@ -250,7 +251,7 @@ _FEATURE_TRANSFORMS = {
     "max_probability": "logit",
     "trail_length": ("log", 1.0),
     "snr": ("log", 0.5),
-    "line_snr": ("log", 0.5),
+    "line_snr": ("half_square", 0.0),
 }
 
 
@@ -261,8 +262,10 @@ def score_features(values: Any, features: tuple[str, ...] | list[str] = SCORE_FE
     ----------
     values : `astropy.table.Table` or mapping
         Columns ``features``: probabilities (``score_raw``,
-        ``max_probability``) enter as logits, lengths and SNRs
-        (``trail_length``, ``snr``, ``line_snr``) as logs.
+        ``max_probability``) enter as logits, ``trail_length`` and ``snr``
+        as logs, and ``line_snr`` as half its square (the log-odds of a
+        Gaussian noise tail, which is what the line search's false
+        candidates are).
     features : sequence of `str`, optional
         `SCORE_FEATURES` (the default) or `LINE_SCORE_FEATURES`.
     """
@@ -276,8 +279,10 @@ def score_features(values: Any, features: tuple[str, ...] | list[str] = SCORE_FE
         if transform == "logit":
             p = np.clip(value, eps, 1 - eps)
             columns.append(np.log(p / (1 - p)))
-        else:
+        elif transform[0] == "log":
             columns.append(np.log(np.clip(value, transform[1], None)))
+        else:  # half_square: the log-odds of a Gaussian noise tail
+            columns.append(0.5 * np.clip(value, transform[1], None) ** 2)
     return np.column_stack(columns)
 
 
@@ -642,21 +647,34 @@ def detect_trails(
     # Components much shorter than the shortest trail kept (stars, hot pixels) are not worth a fit.
     prefit_min_length = 0.5 * config.min_length_fwhm * 2.3548 * psf_sigma
 
+    found = None
+
     def refine(candidate: TrailCandidate, calibration: Mapping[str, Any] | None) -> TrailCandidate:
         """Fit, measure, classify and score one candidate (``rejected`` says why it fails)."""
         if candidate.length < prefit_min_length:
             candidate.rejected = "short"
             candidate.score_raw = line_probability(candidate, probability, good)
             return candidate
-        fitted = fit_trail(candidate, safe_image, safe_variance, good, psf_sigma, config)
-        fitted.flux, fitted.flux_err = trail_photometry(fitted, safe_image, safe_variance, good, psf_sigma)
+        if candidate.origin == "line":
+            # On the searched pixels only (sources masked): the fit, the ends where the trail's SNR is
+            # highest, the photometry and the SNR with the smooth light beside the segment fitted.
+            search_image, search_good = found.cleaned, found.use
+            fitted = fit_trail(candidate, search_image, safe_variance, search_good, psf_sigma, config)
+            fitted, fitted.line_snr = extend_segment(
+                fitted, search_image, safe_variance, search_good, psf_sigma
+            )
+            fitted.max_probability = band_probability(fitted, probability, 2.0 * psf_sigma)
+        else:
+            search_image, search_good = safe_image, good
+            fitted = fit_trail(candidate, safe_image, safe_variance, good, psf_sigma, config)
+        fitted.flux, fitted.flux_err = trail_photometry(
+            fitted, search_image, safe_variance, search_good, psf_sigma
+        )
         fitted.snr = fitted.flux / fitted.flux_err if fitted.flux_err > 0 else float("nan")
         fitted.score_raw = line_probability(fitted, probability, good)
-        if fitted.origin == "line":
-            fitted.max_probability = band_probability(fitted, probability, 2.0 * psf_sigma)
         fitted.rejected = classify_candidate(fitted, psf_sigma, config, saturated, blobs)
         fitted.score = float(apply_score_calibration(_properties(fitted), calibration)[0])
-        if not fitted.rejected and min_score > 0 and fitted.score < min_score:
+        if not fitted.rejected and min_score > 0 and not fitted.score >= min_score:
             fitted.rejected = "low_score"
         return fitted
 

@@ -42,7 +42,16 @@ Bright trails are masked by the same detection and are left to the network.
 
 from __future__ import annotations
 
-__all__ = ("LineSearchConfig", "LineSearchResult", "line_search", "segment_kernel", "source_mask")
+__all__ = (
+    "LineSearchConfig",
+    "LineSearchResult",
+    "line_search",
+    "remove_line_patterns",
+    "segment_kernel",
+    "extend_segment",
+    "segment_snr",
+    "source_mask",
+)
 
 import dataclasses
 import math
@@ -80,16 +89,28 @@ class LineSearchConfig:
         Kernels at least ``bin_min_length_fwhm`` PSF FWHM long search
         2 x 2 binned data when the PSF sigma is at least ``bin_min_sigma``
         pixels (four times fewer pixels, a few per cent of SNR lost).
+    remove_patterns : `bool`
+        Subtract column and row medians first (`remove_line_patterns`).
+    spare_elongation : `float` or `None`
+        Footprints of the faintest mask level with at least this axis
+        ratio are left unmasked there: where noise lifts a faint trail past
+        the detection threshold, its footprints follow the trail.
+    spare_max_snr : `float`
+        Only footprints whose peak PSF-filter SNR is below this are spared
+        (bright trails are the network's; elongated galaxies stay masked).
     """
 
     lengths_fwhm: tuple[float, ...] = (5.0, 10.0, 20.0)
     angle_step_sigma: float = 1.0
-    threshold: float = 5.5
+    threshold: float = 5.0
     mask_levels: tuple[tuple[float, float], ...] = ((5.0, 1.0), (30.0, 3.0), (300.0, 8.0))
     min_coverage: float = 0.5
     max_candidates: int = 200
     bin_min_sigma: float = 1.2
     bin_min_length_fwhm: float = 8.0
+    remove_patterns: bool = True
+    spare_elongation: float | None = None
+    spare_max_snr: float = 8.0
 
     @classmethod
     def from_dict(cls, values: dict) -> LineSearchConfig:
@@ -139,11 +160,45 @@ class LineSearchResult:
         Highest matched-filter SNR over kernels at each pixel (float32).
     masked : `numpy.ndarray`
         The source mask used (boolean).
+    use : `numpy.ndarray`
+        The pixels searched: usable and not masked (boolean).
+    cleaned : `numpy.ndarray`
+        The image searched (`remove_line_patterns` applied; 0 outside
+        ``use``).
     """
 
     candidates: list
     snr: np.ndarray
     masked: np.ndarray
+    use: np.ndarray | None = None
+    cleaned: np.ndarray | None = None
+
+
+def _elongated(
+    above: np.ndarray, snr: np.ndarray, min_elongation: float, min_pixels: int, max_snr: float
+) -> np.ndarray:
+    """Pixels of the components of ``above`` that are elongated (axis ratio of their second moments)
+    and faint (peak ``snr`` below ``max_snr``).
+    """
+    labels, n = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return np.zeros(above.shape, dtype=bool)
+    index = np.arange(1, n + 1)
+    yy, xx = np.indices(above.shape, dtype=float)
+    count = ndimage.sum_labels(above, labels, index)
+    sx, sy = ndimage.sum_labels(xx, labels, index), ndimage.sum_labels(yy, labels, index)
+    sxx, syy = ndimage.sum_labels(xx * xx, labels, index), ndimage.sum_labels(yy * yy, labels, index)
+    sxy = ndimage.sum_labels(xx * yy, labels, index)
+    mx, my = sx / count, sy / count
+    cxx, cyy, cxy = sxx / count - mx * mx, syy / count - my * my, sxy / count - mx * my
+    half_trace, det = 0.5 * (cxx + cyy), cxx * cyy - cxy * cxy
+    root = np.sqrt(np.maximum(half_trace**2 - det, 0.0))
+    major, minor = half_trace + root, np.maximum(half_trace - root, 1.0 / 12.0)
+    peak = np.asarray(ndimage.maximum(snr, labels, index))
+    keep = (np.sqrt(major / minor) >= min_elongation) & (count >= min_pixels) & (peak < max_snr)
+    lookup = np.zeros(n + 1, dtype=bool)
+    lookup[1:] = keep
+    return lookup[labels]
 
 
 def source_mask(
@@ -152,17 +207,27 @@ def source_mask(
     good: np.ndarray,
     psf_sigma: float,
     levels: tuple[tuple[float, float], ...],
+    spare_elongation: float | None = None,
+    spare_max_snr: float = 10.0,
 ) -> np.ndarray:
     """Pixels of sources: the union over ``(snr, grow)`` levels of PSF-filter SNR above ``snr``.
 
-    Each level's pixels are grown by ``grow`` PSF sigmas.
+    Each level's pixels are grown by ``grow`` PSF sigmas. With
+    ``spare_elongation``, footprints of the faintest level whose axis ratio
+    reaches it and whose peak SNR stays below ``spare_max_snr`` (a faint
+    trail lifted past that level by noise, not a star or a galaxy) are not
+    masked at that level.
     """
     from ..simulation.stack_detection import _dilate_disc, psf_filter_snr
 
     snr, _ = psf_filter_snr(image, variance, psf_sigma, bad=~good)
     masked = np.zeros(image.shape, dtype=bool)
+    faintest = min(threshold for threshold, _ in levels)
     for threshold, grow in levels:
         above = snr > threshold
+        if threshold == faintest and spare_elongation is not None and above.any():
+            min_pixels = int(math.ceil(2.0 * math.pi * psf_sigma**2))
+            above &= ~_elongated(above, snr, spare_elongation, min_pixels, spare_max_snr)
         if above.any():
             masked |= _dilate_disc(above, grow * psf_sigma)
     return masked
@@ -214,6 +279,38 @@ def _bin(array: np.ndarray, factor: int) -> np.ndarray:
     return padded.reshape(hp // factor, factor, wp // factor, factor).sum(axis=(1, 3))
 
 
+class _Scale:
+    """The weighted data and weights of one binning, Fourier-transformed once for all its kernels."""
+
+    def __init__(self, data: np.ndarray, weight: np.ndarray, factor: int, max_half: int, workers: int):
+        self.factor, self.workers = factor, workers
+        self.data, self.weight = _bin(data, factor), _bin(weight, factor)
+        self.max_half = max_half
+        self.fft_shape = tuple(fft.next_fast_len(n + 2 * max_half + 1, real=True) for n in self.data.shape)
+        self.data_f = fft.rfft2(self.data, self.fft_shape, workers=workers)
+        self.weight_f = fft.rfft2(self.weight, self.fft_shape, workers=workers)
+        positive = self.weight[self.weight > 0]
+        self.typical_weight = float(np.median(positive)) if positive.size else np.inf
+
+    def snr(self, kernel: np.ndarray, min_coverage: float) -> np.ndarray:
+        """Matched-filter SNR of ``kernel`` at every (binned) pixel; 0 where too little is covered."""
+        half = kernel.shape[0] // 2
+        if half > self.max_half:
+            raise ValueError(f"kernel half-size {half} exceeds the scale's padding {self.max_half}.")
+        h, w = self.data.shape
+        crop = (slice(half, half + h), slice(half, half + w))
+        shape, workers = self.fft_shape, self.workers
+        num = fft.irfft2(self.data_f * fft.rfft2(kernel, shape, workers=workers), shape, workers=workers)
+        den = fft.irfft2(
+            self.weight_f * fft.rfft2(kernel * kernel, shape, workers=workers), shape, workers=workers
+        )
+        num, den = num[crop], den[crop]
+        covered = den >= min_coverage * self.typical_weight * float(np.sum(kernel * kernel))
+        snr = np.zeros(self.data.shape, dtype=np.float32)
+        np.divide(num, np.sqrt(np.maximum(den, 1e-30)), out=snr, where=covered, casting="unsafe")
+        return snr
+
+
 def _filter(
     data: np.ndarray,
     weight: np.ndarray,
@@ -224,27 +321,140 @@ def _filter(
     config: LineSearchConfig,
     workers: int,
 ) -> np.ndarray:
-    """Matched-filter SNR of one segment kernel over (binned) weighted data and weights."""
+    """Matched-filter SNR of one segment kernel over full-resolution weighted data and weights.
+
+    ``data`` is the image times the weights; ``factor`` bins both first.
+    """
     kernel = segment_kernel(length, angle, psf_sigma, factor)
-    half = kernel.shape[0] // 2
-    h, w = data.shape
-    shape = tuple(fft.next_fast_len(n + 2 * half + 1, real=True) for n in data.shape)
-    num = fft.irfft2(
-        fft.rfft2(data, shape, workers=workers) * fft.rfft2(kernel, shape, workers=workers),
-        shape,
-        workers=workers,
-    )[half : half + h, half : half + w]
-    den = fft.irfft2(
-        fft.rfft2(weight, shape, workers=workers) * fft.rfft2(kernel * kernel, shape, workers=workers),
-        shape,
-        workers=workers,
-    )[half : half + h, half : half + w]
-    positive = weight[weight > 0]
-    full = float(np.median(positive)) * float(np.sum(kernel * kernel)) if positive.size else np.inf
-    covered = den >= config.min_coverage * full
-    snr = np.zeros(data.shape, dtype=np.float32)
-    np.divide(num, np.sqrt(np.maximum(den, 1e-30)), out=snr, where=covered, casting="unsafe")
-    return snr
+    scale = _Scale(data, weight, factor, kernel.shape[0] // 2, workers)
+    return scale.snr(kernel, config.min_coverage)
+
+
+def remove_line_patterns(image: np.ndarray, use: np.ndarray, min_pixels: int = 64) -> np.ndarray:
+    """The image less the median of each column's, then each row's, usable pixels.
+
+    Column and row offsets (amplifier and readout patterns, uncorrected bad
+    columns) are straight lines to a segment matched filter; a trail adds
+    little to the median of a whole column. Columns or rows with fewer
+    than ``min_pixels`` usable pixels keep their values.
+    """
+    out = np.where(use, image, np.nan).astype(np.float32)
+    for axis in (0, 1):
+        counts = use.sum(axis=axis)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                offsets = np.nanmedian(out, axis=axis)
+        offsets = np.where((counts >= min_pixels) & np.isfinite(offsets), offsets, 0.0).astype(np.float32)
+        out -= offsets[None, :] if axis == 0 else offsets[:, None]
+    return np.where(use, out, 0.0).astype(np.float32)
+
+
+def segment_snr(
+    candidate: TrailCandidate,
+    image: np.ndarray,
+    variance: np.ndarray,
+    use: np.ndarray,
+    psf_sigma: float,
+    half_width_sigma: float = 6.0,
+) -> float:
+    """SNR of a segment's flux fitted with a local plane background on the usable pixels near it.
+
+    A weighted linear least-squares fit of ``A T + b0 + b1 d + b2 s`` (``T``
+    the unit-flux `~.postprocess.trail_model` with the PSF width, ``d`` and
+    ``s`` across and along the segment) to the pixels within
+    ``half_width_sigma`` PSF sigmas of it that ``use`` allows; the SNR of
+    ``A``. The plane takes up the smooth light of a galaxy or a star's wings
+    beside the segment, which a plain matched filter counts as trail flux.
+    NaN with too few pixels.
+    """
+    from .postprocess import _segment_frame, segment_band
+
+    c = candidate
+    half = half_width_sigma * psf_sigma + 1.0
+    box, inside = segment_band(image.shape, c.x_start, c.y_start, c.x_end, c.y_end, half, extend=half)
+    sel = inside & use[box]
+    if sel.sum() < 16:
+        return float("nan")
+    yy, xx = np.mgrid[box[0], box[1]]
+    px, py = xx[sel].astype(float), yy[sel].astype(float)
+    template = trail_model(px, py, c.x_start, c.y_start, c.x_end, c.y_end, psf_sigma)
+    length, _, _, along, across = _segment_frame(px, py, c.x_start, c.y_start, c.x_end, c.y_end)
+    design = np.column_stack(
+        [template, np.ones_like(px), across / half, (along - 0.5 * length) / max(length + 2 * half, 1.0)]
+    )
+    inv_sigma = 1.0 / np.sqrt(variance[box][sel].astype(float))
+    a = design * inv_sigma[:, None]
+    b = image[box][sel].astype(float) * inv_sigma
+    normal = a.T @ a
+    try:
+        cov = np.linalg.inv(normal)
+    except np.linalg.LinAlgError:
+        return float("nan")
+    coef = cov @ (a.T @ b)
+    err = math.sqrt(cov[0, 0]) if cov[0, 0] > 0 else float("nan")
+    return float(coef[0] / err) if err > 0 else float("nan")
+
+
+def extend_segment(
+    candidate: TrailCandidate,
+    image: np.ndarray,
+    variance: np.ndarray,
+    use: np.ndarray,
+    psf_sigma: float,
+    max_evaluations: int = 200,
+) -> tuple[TrailCandidate, float]:
+    """Move a segment's ends along its line to where `segment_snr` is highest.
+
+    Each end in turn is moved out or in by a step (four PSF FWHM, then two,
+    one and a half) while the SNR rises; at most ``max_evaluations`` trial
+    segments in all.
+
+    Returns
+    -------
+    candidate : `~.postprocess.TrailCandidate`
+        A copy with the new ends.
+    snr : `float`
+        Its `segment_snr`.
+    """
+    c = dataclasses.replace(candidate)
+    best = segment_snr(c, image, variance, use, psf_sigma)
+    if not np.isfinite(best):
+        return c, best
+    h, w = image.shape
+    steps = 0
+    fwhm = 2.3548 * psf_sigma
+    for step in (4.0 * fwhm, 2.0 * fwhm, fwhm, 0.5 * fwhm):
+        improved = True
+        while improved and steps < max_evaluations:
+            improved = False
+            for end in (0, 1):
+                for sign in (1.0, -1.0):
+                    length = c.length
+                    if length <= 0:
+                        break
+                    ux, uy = (c.x_end - c.x_start) / length, (c.y_end - c.y_start) / length
+                    trial = dataclasses.replace(c)
+                    move = sign * step
+                    if end == 0:
+                        trial.x_start, trial.y_start = c.x_start - move * ux, c.y_start - move * uy
+                    else:
+                        trial.x_end, trial.y_end = c.x_end + move * ux, c.y_end + move * uy
+                    if trial.length < 2.3548 * psf_sigma or not (
+                        -0.5 <= min(trial.x_start, trial.x_end)
+                        and max(trial.x_start, trial.x_end) <= w - 0.5
+                        and -0.5 <= min(trial.y_start, trial.y_end)
+                        and max(trial.y_start, trial.y_end) <= h - 0.5
+                    ):
+                        continue
+                    value = segment_snr(trial, image, variance, use, psf_sigma)
+                    steps += 1
+                    if value > best:
+                        c, best, improved = trial, value, True
+                        break
+    return c, best
 
 
 def line_search(
@@ -290,30 +500,48 @@ def line_search(
         good,
         psf_sigma,
         config.mask_levels,
+        config.spare_elongation,
+        config.spare_max_snr,
     )
     use = good & ~masked
-    weight = np.where(use, 1.0 / np.where(good, variance, 1.0), 0.0).astype(np.float32)
-    data = (np.where(use, image, 0.0) * weight).astype(np.float32)
     if not use.any():
-        return LineSearchResult(candidates=[], snr=np.zeros(image.shape, dtype=np.float32), masked=masked)
+        return LineSearchResult(
+            candidates=[], snr=np.zeros(image.shape, dtype=np.float32), masked=masked, use=use
+        )
+    weight = np.where(use, 1.0 / np.where(good, variance, 1.0), 0.0).astype(np.float32)
+    if config.remove_patterns:
+        cleaned = remove_line_patterns(image, use)
+    else:
+        cleaned = np.where(use, image, 0.0).astype(np.float32)
+    data = (cleaned * weight).astype(np.float32)
 
     lengths = [lf * fwhm for lf in config.lengths_fwhm]
     best = np.zeros(image.shape, dtype=np.float32)
     best_kernel = np.full(image.shape, -1, dtype=np.int32)
     kernels = []
+    h, w = image.shape
     for factor in sorted({_bin_factor(length, psf_sigma, config) for length in lengths}):
-        scale_lengths = [length for length in lengths if _bin_factor(length, psf_sigma, config) == factor]
-        binned_data, binned_weight = _bin(data, factor), _bin(weight, factor)
-        for length in scale_lengths:
-            for angle in _angles(length, psf_sigma, config.angle_step_sigma):
-                kernels.append((length, angle))
-                snr = _filter(binned_data, binned_weight, length, angle, psf_sigma, factor, config, workers)
-                if factor > 1:
-                    snr = np.repeat(np.repeat(snr, factor, axis=0), factor, axis=1)
-                snr = snr[: image.shape[0], : image.shape[1]]
-                better = snr > best
-                best[better] = snr[better]
-                best_kernel[better] = len(kernels) - 1
+        bank = [
+            (length, angle, segment_kernel(length, angle, psf_sigma, factor))
+            for length in lengths
+            if _bin_factor(length, psf_sigma, config) == factor
+            for angle in _angles(length, psf_sigma, config.angle_step_sigma)
+        ]
+        scale = _Scale(data, weight, factor, max(k.shape[0] // 2 for _, _, k in bank), workers)
+        scale_best = np.zeros(scale.data.shape, dtype=np.float32)
+        scale_kernel = np.full(scale.data.shape, -1, dtype=np.int32)
+        for length, angle, kernel in bank:
+            snr = scale.snr(kernel, config.min_coverage)
+            better = snr > scale_best
+            scale_best[better] = snr[better]
+            scale_kernel[better] = len(kernels)
+            kernels.append((length, angle))
+        if factor > 1:
+            scale_best = np.repeat(np.repeat(scale_best, factor, axis=0), factor, axis=1)[:h, :w]
+            scale_kernel = np.repeat(np.repeat(scale_kernel, factor, axis=0), factor, axis=1)[:h, :w]
+        better = scale_best > best
+        best[better] = scale_best[better]
+        best_kernel[better] = scale_kernel[better]
 
     candidates = []
     above = best >= config.threshold
@@ -350,4 +578,4 @@ def line_search(
                 line_snr=float(peak_values[k]),
             )
             candidates.append(candidate)
-    return LineSearchResult(candidates=candidates, snr=best, masked=masked)
+    return LineSearchResult(candidates=candidates, snr=best, masked=masked, use=use, cleaned=cleaned)
