@@ -670,7 +670,11 @@ def report(repo, collections, out_dir, title):
     for ref in query("detectTrails_metadata"):
         task_metadata = butler.get(ref)["detectTrails"]
         if "seconds_inference" in task_metadata:
-            seconds.append(task_metadata["seconds_inference"] + task_metadata["seconds_postprocess"])
+            seconds.append(
+                task_metadata["seconds_inference"]
+                + task_metadata["seconds_postprocess"]
+                + task_metadata.get("seconds_line_search", 0.0)
+            )
     if seconds:
         import numpy as np
 
@@ -679,7 +683,8 @@ def report(repo, collections, out_dir, title):
     click.echo(headline_table({k: v for k, v in metrics.items() if k not in ("star_detection", "context")}))
     if seconds:
         click.echo(
-            f"detectTrails: median {np.median(seconds):.2f} s per image (inference + post-processing) over "
+            f"detectTrails: median {np.median(seconds):.2f} s per image (inference, post-processing and any "
+            "line search) over "
             f"{len(seconds)} images."
         )
     click.echo(f"Report written to {path}.")
