@@ -129,8 +129,8 @@ def main() -> None:
         meta = task.metadata
         print(
             f"run {k}: {times[-1]:.2f} s (normalization {meta['seconds_normalization']:.2f} s, inference "
-            f"{meta['seconds_inference']:.2f} s, post-processing {meta['seconds_postprocess']:.2f} s, line search "
-            f"{meta.get('seconds_line_search', 0.0):.2f} s); "
+            f"{meta['seconds_inference']:.2f} s, post-processing {meta['seconds_postprocess']:.2f} s, "
+            f"line search {meta.get('seconds_line_search', 0.0):.2f} s); "
             f"{len(result.catalog)} trails"
         )
     print(f"detect_seconds_per_detector: {np.median(times):.2f}")
