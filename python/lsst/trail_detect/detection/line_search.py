@@ -115,10 +115,9 @@ class LineSearchConfig:
     @classmethod
     def from_dict(cls, values: dict) -> LineSearchConfig:
         """From `to_dict`'s output (a model's metadata); unknown keys are refused."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown line search settings {sorted(unknown)}; known: {sorted(known)}.")
+        from ..settings import check_known_fields
+
+        check_known_fields(cls, values, "line search")
         values = dict(values)
         if "lengths_fwhm" in values:
             values["lengths_fwhm"] = tuple(float(v) for v in values["lengths_fwhm"])

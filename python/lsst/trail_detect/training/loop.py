@@ -165,10 +165,9 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainingConfig:
         """Build from a dict, refusing unknown keys."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(names)}.")
+        from ..settings import check_known_fields
+
+        check_known_fields(cls, data, "training")
         return cls(**data)
 
 
