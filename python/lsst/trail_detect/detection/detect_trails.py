@@ -329,13 +329,14 @@ class DetectTrailsTask(pipeBase.PipelineTask):
         n_kept = int(np.sum(catalog["rejected"] == "")) if "rejected" in catalog.colnames else len(catalog)
         self.log.info(
             "Found %d trails (threshold %.2f, PSF sigma %.2f px); rejected %s; %.1f s inference, "
-            "%.1f s post-processing.",
+            "%.1f s post-processing, %.1f s line search.",
             n_kept,
             threshold,
             sigma,
             result.rejected or "none",
             result.timing["inference"],
             result.timing["postprocess"],
+            result.timing.get("line_search", 0.0),
         )
         self.metadata["n_trails"] = n_kept
         for reason, count in result.rejected.items():
