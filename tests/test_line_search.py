@@ -30,8 +30,7 @@ import lsst.utils.tests
 from lsst.trail_detect.detection.detect import resolve_duplicates
 from lsst.trail_detect.detection.line_search import (
     LineSearchConfig,
-    _bin,
-    _filter,
+    _Scale,
     extend_segment,
     line_search,
     remove_line_patterns,
@@ -90,7 +89,8 @@ class LineSearchTestCase(lsst.utils.tests.TestCase):
         data = (np.where(good, image, 0.0) * weight).astype(np.float32)
         config = LineSearchConfig(min_coverage=0.3)
         for factor, length in ((1, 12.0), (2, 40.0)):
-            snr = _filter(_bin(data, factor), _bin(weight, factor), length, 0.7, SIGMA, factor, config, 1)
+            kernel = segment_kernel(length, 0.7, SIGMA, factor)
+            snr = _Scale(data, weight, factor, kernel.shape[0] // 2, 1).snr(kernel, config.min_coverage)
             values = snr[snr != 0]
             # Neighbouring outputs are correlated, so the sample is smaller than it looks.
             self.assertAlmostEqual(float(values.mean()), 0.0, delta=0.08)

@@ -256,7 +256,6 @@ def calibrate_trail_model(
             real[origin].extend((status == "matched")[keep])
         images.append((catalog, sample.truth, sample.psf_sigma))
         n_images += 1
-        n_truth += int(np.sum(match_trails(catalog[:0], sample.truth).truth_valid))
         pixels += sample.image.size
         _LOG.info(
             "%s: %d candidates (%s).",
@@ -299,6 +298,7 @@ def calibrate_trail_model(
         order = [index_of[id(c)] for c in joined]
         kept = catalog[order]
         match = match_trails(kept, truth, psf_sigma=psf_sigma)
+        n_truth += match.n_truth
         status = np.asarray(match.det_status)
         if "nu_det" in truth.colnames:
             valid = np.asarray(match.truth_valid)

@@ -310,25 +310,6 @@ class _Scale:
         return snr
 
 
-def _filter(
-    data: np.ndarray,
-    weight: np.ndarray,
-    length: float,
-    angle: float,
-    psf_sigma: float,
-    factor: int,
-    config: LineSearchConfig,
-    workers: int,
-) -> np.ndarray:
-    """Matched-filter SNR of one segment kernel over full-resolution weighted data and weights.
-
-    ``data`` is the image times the weights; ``factor`` bins both first.
-    """
-    kernel = segment_kernel(length, angle, psf_sigma, factor)
-    scale = _Scale(data, weight, factor, kernel.shape[0] // 2, workers)
-    return scale.snr(kernel, config.min_coverage)
-
-
 def remove_line_patterns(image: np.ndarray, use: np.ndarray, min_pixels: int = 64) -> np.ndarray:
     """The image less the median of each column's, then each row's, usable pixels.
 
@@ -337,17 +318,15 @@ def remove_line_patterns(image: np.ndarray, use: np.ndarray, min_pixels: int = 6
     little to the median of a whole column. Columns or rows with fewer
     than ``min_pixels`` usable pixels keep their values.
     """
+    import warnings
+
     out = np.where(use, image, np.nan).astype(np.float32)
     for axis in (0, 1):
-        counts = use.sum(axis=axis)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                offsets = np.nanmedian(out, axis=axis)
-        offsets = np.where((counts >= min_pixels) & np.isfinite(offsets), offsets, 0.0).astype(np.float32)
-        out -= offsets[None, :] if axis == 0 else offsets[:, None]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: their offset is 0 below
+            offsets = np.nanmedian(out, axis=axis)
+        offsets = np.where((use.sum(axis=axis) >= min_pixels) & np.isfinite(offsets), offsets, 0.0)
+        out -= (offsets[None, :] if axis == 0 else offsets[:, None]).astype(np.float32)
     return np.where(use, out, 0.0).astype(np.float32)
 
 
