@@ -501,7 +501,7 @@ def resolve_duplicates(
             held.append(cand)
             continue
         for other in held:
-            if other.rejected and other.rejected not in ("low_score",):
+            if other.rejected and other.rejected != "low_score":
                 continue
             if not same_trail(cand, other, psf_sigma):
                 continue
@@ -655,18 +655,16 @@ def detect_trails(
             candidate.rejected = "short"
             candidate.score_raw = line_probability(candidate, probability, good)
             return candidate
-        if candidate.origin == "line":
-            # On the searched pixels only (sources masked): the fit, the ends where the trail's SNR is
-            # highest, the photometry and the SNR with the smooth light beside the segment fitted.
-            search_image, search_good = found.cleaned, found.use
-            fitted = fit_trail(candidate, search_image, safe_variance, search_good, psf_sigma, config)
+        # Line candidates on the searched pixels only (sources masked): the fit, the ends where the
+        # trail's SNR is highest, the photometry and the SNR with the smooth light beside it fitted.
+        on_line = candidate.origin == "line"
+        search_image, search_good = (found.cleaned, found.use) if on_line else (safe_image, good)
+        fitted = fit_trail(candidate, search_image, safe_variance, search_good, psf_sigma, config)
+        if on_line:
             fitted, fitted.line_snr = extend_segment(
                 fitted, search_image, safe_variance, search_good, psf_sigma
             )
             fitted.max_probability = band_probability(fitted, probability, 2.0 * psf_sigma)
-        else:
-            search_image, search_good = safe_image, good
-            fitted = fit_trail(candidate, safe_image, safe_variance, good, psf_sigma, config)
         fitted.flux, fitted.flux_err = trail_photometry(
             fitted, search_image, safe_variance, search_good, psf_sigma
         )
