@@ -34,6 +34,7 @@ from lsst.trail_detect.detection.line_search import (
     extend_segment,
     line_search,
     remove_line_patterns,
+    segment_chunk_snr,
     segment_kernel,
     segment_snr,
     source_mask,
@@ -178,6 +179,39 @@ class LineSearchTestCase(lsst.utils.tests.TestCase):
         self.assertGreater(plain, 10.0)
         # Too few usable pixels.
         self.assertTrue(np.isnan(segment_snr(candidate, noise, variance, np.zeros(shape, bool), SIGMA)))
+
+    def test_segment_chunk_snr(self):
+        """Dropping a trail's best piece costs it little; dropping the source a line crosses, nearly all."""
+        rng = np.random.default_rng(8)
+        shape = (200, 200)
+        segment = (30.0, 100.0, 170.0, 100.0)
+        candidate = TrailCandidate(*segment, np.zeros(0), np.zeros(0), np.zeros(0), max_probability=0.0)
+        variance = np.ones(shape)
+        use = np.ones(shape, dtype=bool)
+        n = int(candidate.length // (2.0 * 2.3548 * SIGMA))
+        ratios = []
+        for k in range(20):
+            image = rng.normal(size=shape) + trail_image(shape, segment, 4.0)
+            ratios.append(
+                segment_chunk_snr(candidate, image, variance, use, SIGMA)
+                / segment_snr(candidate, image, variance, use, SIGMA)
+            )
+        # Less than sqrt((n - 1) / n): the piece dropped is the one noise lifted most.
+        self.assertLess(float(np.mean(ratios)), math.sqrt((n - 1) / n))
+        self.assertGreater(float(np.mean(ratios)), 0.8)
+        # No trail: a point source on the line, bright enough to give the whole segment an SNR of 8.
+        xx, yy = grid(shape)
+        star = trail_model(xx, yy, 100.0, 100.0, 100.0, 100.0, SIGMA)
+        noise = rng.normal(size=shape)
+        template = trail_model(xx, yy, *segment, SIGMA)
+        flux = 8.0 * np.sqrt(np.sum(template**2)) / np.sum(template * star)
+        image = noise + flux * star
+        self.assertGreater(segment_snr(candidate, image, variance, use, SIGMA), 6.0)
+        self.assertLess(abs(segment_chunk_snr(candidate, image, variance, use, SIGMA)), 3.0)
+        # Too short to cut in two, or no usable pixels.
+        short = TrailCandidate(30.0, 100.0, 36.0, 100.0, np.zeros(0), np.zeros(0), np.zeros(0), 0.0)
+        self.assertTrue(np.isnan(segment_chunk_snr(short, image, variance, use, SIGMA)))
+        self.assertTrue(np.isnan(segment_chunk_snr(candidate, image, variance, ~use, SIGMA)))
 
     def test_extend_segment(self):
         """A piece of a trail grows to the trail's ends."""
@@ -394,6 +428,29 @@ class HybridDetectionTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(line["score_calibration"]["features"], list(LINE_SCORE_FEATURES))
         self.assertGreater(summary["n_line_real"], 0)
         self.assertGreater(summary["n_line_candidates"], summary["n_line_real"])
+        # min_score is chosen on out-of-fold scores; the calibration stored is fitted on every image.
+        self.assertEqual(summary["folds"], 4)
+        in_sample, in_sample_summary = calibrate_trail_model(
+            self.model,
+            self.samples(4, seed=1),
+            network=self.network,
+            threshold=0.1,
+            settings=settings,
+            line_search=search,
+            max_fp_per_detector=1000.0,
+            folds=1,
+        )
+        self.assertEqual(in_sample_summary["folds"], 1)
+        for key in ("score_calibration",):
+            a, b = dict(calibrated.metadata[key]), dict(in_sample.metadata[key])
+            a.pop("validation"), b.pop("validation")
+            self.assertEqual(a, b)
+        self.assertEqual(
+            calibrated.metadata["line_search"]["score_calibration"],
+            in_sample.metadata["line_search"]["score_calibration"],
+        )
+        with self.assertRaisesRegex(ValueError, "folds"):
+            calibrate_trail_model(self.model, [], network=self.network, folds=0)
         # The network's own calibration is unchanged in kind; the model without the search is as before.
         self.assertNotIn("line_search", self.model.metadata)
         plain = model_settings(self.model)

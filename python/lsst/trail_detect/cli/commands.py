@@ -513,6 +513,14 @@ def detect_fits(
     default=None,
     help="Line search settings as JSON (LineSearchConfig fields, e.g. '{\"threshold\": 6.0}').",
 )
+@click.option(
+    "--folds",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Choose min_score on out-of-fold scores: each image scored by the calibration fitted on the other "
+    "folds' images (1: on the scores of the calibration fitted on all of them).",
+)
 def calibrate(
     repo,
     out,
@@ -527,6 +535,7 @@ def calibrate(
     threads,
     line_search,
     line_search_config,
+    folds,
 ):
     """Calibrate a trail model's scores on validation images and write it to OUT.
 
@@ -535,9 +544,9 @@ def calibrate(
     detections to the injected truth, fits the calibrated score (0.9 = 90%
     real; a logistic regression, or an isotonic map of the mean probability)
     and chooses min_score, the operating point with at most --max-fp false
-    positives per 4k x 4k detector. With --line-search, the line search's
-    candidates get a calibration of their own and one min_score is chosen
-    for both sources together.
+    positives per 4k x 4k detector, on out-of-fold scores (--folds). With
+    --line-search, the line search's candidates get a calibration of their
+    own and one min_score is chosen for both sources together.
     """
     import json
 
@@ -578,6 +587,7 @@ def calibrate(
             provenance={"collections": collections, "split": split, "split_seed": split_seed},
             line_search=search,
             workers=max(threads, 1),
+            folds=folds,
         )
     except ValueError as err:
         raise _fail(err) from err
@@ -588,8 +598,8 @@ def calibrate(
         f"{summary['n_matched']} of {summary['n_truth']} injected trails matched, "
         f"{summary['false_positives_per_4k_detector']:.1f} false positives per 4k detector; min_score "
         f"{summary['min_score']:.3f} keeps {summary['completeness_at_min_score']:.1%} of the trails with "
-        f"{summary['false_positives_per_4k_detector_at_min_score']:.1f} false positives per 4k detector. "
-        f"Wrote {out}."
+        f"{summary['false_positives_per_4k_detector_at_min_score']:.1f} false positives per 4k detector "
+        f"(scored out of fold, {summary['folds']} folds). Wrote {out}."
     )
     bins = summary.get("completeness_at_min_score_nu_det")
     if bins:

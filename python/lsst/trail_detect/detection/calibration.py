@@ -162,6 +162,7 @@ def calibrate_trail_model(
     provenance: dict | None = None,
     line_search: LineSearchConfig | None = None,
     workers: int = 1,
+    folds: int = 4,
 ):
     """Calibrate a trail model's scores on validation images with injected trails.
 
@@ -193,6 +194,13 @@ def calibrate_trail_model(
         Without it, a line search the model already has is dropped.
     workers : `int`, optional
         Threads of the line search's FFTs.
+    folds : `int`, optional
+        ``min_score`` is chosen on out-of-fold scores: the images are dealt
+        into this many folds, and each fold's candidates are scored with the
+        calibration fitted on the other folds' images. The scores a
+        calibration gives the images it was fitted on are too optimistic
+        for a false-positive budget to hold on new images. 1 chooses it on
+        the in-sample scores.
 
     Returns
     -------
@@ -210,7 +218,10 @@ def calibrate_trail_model(
     match covers is neither real nor false). The two sources' candidates
     are then joined as the detection joins them, one per trail by
     calibrated score, and ``min_score`` is the one cut on the joined
-    catalog that keeps the false positives within the budget.
+    catalog that keeps the false positives within the budget, with each
+    image scored by the calibration fitted without it (``folds``). The
+    calibration stored is fitted on all the images; the summary's rates
+    are those of the out-of-fold scores.
     """
     from ..evaluation.matching import match_trails
 
@@ -223,10 +234,12 @@ def calibrate_trail_model(
     threshold = settings_from_model["threshold"]
     origins = ("cnn", "line") if line_search is not None else ("cnn",)
     features = {"cnn": SCORE_FEATURES, "line": LINE_SCORE_FEATURES}
-    properties = {o: {name: [] for name in features[o]} for o in origins}
-    real = {o: [] for o in origins}
+    if folds < 1:
+        raise ValueError(f"folds must be at least 1, not {folds}.")
+    # Per image and origin: the candidates' properties and whether each is real.
+    properties, real = [], []
     images = []
-    n_images = n_truth = 0
+    n_images = 0
     pixels = 0
     for sample in samples:
         result = detect_trails(
@@ -247,13 +260,16 @@ def calibrate_trail_model(
         catalog = result.catalog
         # Candidates the shape tests kept; duplicates are resolved again below with calibrated scores.
         catalog = catalog[(catalog["rejected"] == "") | (catalog["rejected"] == "duplicate")]
+        properties.append({})
+        real.append({})
         for origin in origins:
             sub = catalog[catalog["origin"] == origin]
             status = np.asarray(match_trails(sub, sample.truth, psf_sigma=sample.psf_sigma).det_status)
             keep = status != "fragment"  # fragments of a real trail are neither real nor false
-            for name in features[origin]:
-                properties[origin][name].extend(np.asarray(sub[name], dtype=float)[keep])
-            real[origin].extend((status == "matched")[keep])
+            properties[-1][origin] = {
+                name: np.asarray(sub[name], dtype=float)[keep] for name in features[origin]
+            }
+            real[-1][origin] = (status == "matched")[keep]
         images.append((catalog, sample.truth, sample.psf_sigma))
         n_images += 1
         pixels += sample.image.size
@@ -265,30 +281,46 @@ def calibrate_trail_model(
         )
     if n_images == 0:
         raise ValueError("no validation images to calibrate the scores on.")
-    calibrations = {}
-    for origin in origins:
-        values = {name: np.asarray(v, dtype=float) for name, v in properties[origin].items()}
-        is_real = np.asarray(real[origin], dtype=bool)
-        if is_real.sum() == 0 or is_real.sum() == is_real.size:
-            raise ValueError(
-                f"score calibration needs both real and false detections; the {origin} candidates have "
-                f"{int(is_real.sum())} real and {int(is_real.size - is_real.sum())} false over "
-                f"{n_images} images."
+
+    def fit(members: list[int]) -> dict:
+        """The calibration of each origin, fitted on the candidates of the images ``members``."""
+        out = {}
+        for origin in origins:
+            values = {
+                name: np.concatenate([properties[i][origin][name] for i in members])
+                for name in features[origin]
+            }
+            is_real = np.concatenate([real[i][origin] for i in members]).astype(bool)
+            if is_real.sum() == 0 or is_real.sum() == is_real.size:
+                raise ValueError(
+                    f"score calibration needs both real and false detections; the {origin} candidates of "
+                    f"{len(members)} images have {int(is_real.sum())} real and "
+                    f"{int(is_real.size - is_real.sum())} false (fewer folds or more images help)."
+                )
+            out[origin] = fit_score_calibration(
+                values, is_real, method=method if origin == "cnn" else "logistic", features=features[origin]
             )
-        calibrations[origin] = fit_score_calibration(
-            values, is_real, method=method if origin == "cnn" else "logistic", features=features[origin]
-        )
+        return out
+
+    calibrations = fit(list(range(n_images)))
+    folds = min(folds, n_images)
+    if folds > 1:
+        fold_of = np.arange(n_images) % folds
+        out_of_fold = [fit([i for i in range(n_images) if fold_of[i] != k]) for k in range(folds)]
+        image_calibrations = [out_of_fold[fold_of[i]] for i in range(n_images)]
+    else:
+        image_calibrations = [calibrations] * n_images
 
     # The joined catalog, as the detection makes it, and one cut on it.
     scores, false, matched = [], [], []
     truth_nu_det, truth_score = [], []
-    n_matched = 0
-    for catalog, truth, psf_sigma in images:
+    n_matched = n_truth = 0
+    for (catalog, truth, psf_sigma), image_calibration in zip(images, image_calibrations):
         catalog = catalog.copy()
         catalog["score"] = np.zeros(len(catalog))
         for origin in origins:
             rows = catalog["origin"] == origin
-            catalog["score"][rows] = apply_score_calibration(catalog[rows], calibrations[origin])
+            catalog["score"][rows] = apply_score_calibration(catalog[rows], image_calibration[origin])
         candidates = _candidates_from_rows(catalog)
         network_side = [c for c in candidates if c.origin == "cnn"]
         line_side = [c for c in candidates if c.origin == "line"]
@@ -330,6 +362,7 @@ def calibrate_trail_model(
         "completeness_at_min_score": float(np.sum(matched & above) / max(n_truth, 1)),
         "false_positives_per_4k_detector_at_min_score": float(np.sum(false & above) / area_4k),
         "threshold": float(threshold),
+        "folds": int(folds),
     }
     if truth_nu_det:
         # Completeness at min_score in the nu_det bins of the evaluation.
@@ -341,8 +374,8 @@ def calibrate_trail_model(
             for lo, hi in ((2, 5), (5, 10), (10, 31))
         }
     if line_search is not None:
-        summary["n_line_candidates"] = int(len(real["line"]))
-        summary["n_line_real"] = int(np.sum(real["line"]))
+        summary["n_line_candidates"] = int(sum(len(r["line"]) for r in real))
+        summary["n_line_real"] = int(sum(np.sum(r["line"]) for r in real))
     calibration = calibrations["cnn"]
     calibration["validation"] = dict(summary, **({"provenance": provenance} if provenance else {}))
     metadata = copy.deepcopy(model.metadata)

@@ -55,7 +55,7 @@ import numpy as np
 
 from ..tiles.normalization import Normalization, apply_normalization, fit_normalization
 from .inference import InferenceSettings, predict_probability, resolve_device
-from .line_search import LineSearchConfig, extend_segment
+from .line_search import LineSearchConfig, extend_segment, segment_chunk_snr
 from .line_search import line_search as run_line_search
 from .postprocess import (
     PostprocessConfig,
@@ -107,6 +107,13 @@ TRAIL_CATALOG_COLUMNS: dict[str, tuple[Any, str | None, str]] = {
         None,
         "Line search candidates: SNR of the fitted segment's flux on the source-masked image, with a "
         "local plane background fitted beside it (NaN for the network's candidates).",
+    ),
+    "line_snr_trim": (
+        np.float64,
+        None,
+        "Line search candidates: the same SNR without the segment's most significant two-FWHM piece "
+        "(low for a line through one faint source or along a bright one's edge; NaN for the network's "
+        "candidates and for segments under four FWHM).",
     ),
     "max_probability": (np.float64, None, "Highest network probability in the trail's pixels."),
     "n_pixels": (np.int64, None, "Pixels above the hysteresis threshold."),
@@ -241,8 +248,8 @@ def model_settings(
 SCORE_FEATURES = ("score_raw", "max_probability", "trail_length", "snr")
 
 #: Properties of the line search's candidates: those of the network's plus the source-masked
-#: matched-filter SNR of the search.
-LINE_SCORE_FEATURES = SCORE_FEATURES + ("line_snr",)
+#: matched-filter SNR of the search, with and without the segment's most significant piece.
+LINE_SCORE_FEATURES = SCORE_FEATURES + ("line_snr", "line_snr_trim")
 
 # How each property enters the logistic calibration: probabilities as logits, the rest as logs,
 # clipped below.
@@ -252,6 +259,7 @@ _FEATURE_TRANSFORMS = {
     "trail_length": ("log", 1.0),
     "snr": ("log", 0.5),
     "line_snr": ("half_square", 0.0),
+    "line_snr_trim": ("half_square", 0.0),
 }
 
 
@@ -263,9 +271,9 @@ def score_features(values: Any, features: tuple[str, ...] | list[str] = SCORE_FE
     values : `astropy.table.Table` or mapping
         Columns ``features``: probabilities (``score_raw``,
         ``max_probability``) enter as logits, ``trail_length`` and ``snr``
-        as logs, and ``line_snr`` as half its square (the log-odds of a
-        Gaussian noise tail, which is what the line search's false
-        candidates are).
+        as logs, and ``line_snr`` and ``line_snr_trim`` as half their
+        squares (the log-odds of a Gaussian noise tail, which is what the
+        line search's false candidates are; NaN, not measured, as 0).
     features : sequence of `str`, optional
         `SCORE_FEATURES` (the default) or `LINE_SCORE_FEATURES`.
     """
@@ -281,7 +289,8 @@ def score_features(values: Any, features: tuple[str, ...] | list[str] = SCORE_FE
             columns.append(np.log(p / (1 - p)))
         elif transform[0] == "log":
             columns.append(np.log(np.clip(value, transform[1], None)))
-        else:  # half_square: the log-odds of a Gaussian noise tail
+        else:  # half_square: the log-odds of a Gaussian noise tail; NaN (not measured) as no evidence
+            value = np.where(np.isnan(value), transform[1], value)
             columns.append(0.5 * np.clip(value, transform[1], None) ** 2)
     return np.column_stack(columns)
 
@@ -481,6 +490,7 @@ def _properties(c: TrailCandidate) -> dict[str, list[float]]:
         "trail_length": [c.length],
         "snr": [c.snr],
         "line_snr": [c.line_snr],
+        "line_snr_trim": [c.line_snr_trim],
     }
 
 
@@ -664,6 +674,9 @@ def detect_trails(
             fitted, fitted.line_snr = extend_segment(
                 fitted, search_image, safe_variance, search_good, psf_sigma
             )
+            fitted.line_snr_trim = segment_chunk_snr(
+                fitted, search_image, safe_variance, search_good, psf_sigma
+            )
             fitted.max_probability = band_probability(fitted, probability, 2.0 * psf_sigma)
         fitted.flux, fitted.flux_err = trail_photometry(
             fitted, search_image, safe_variance, search_good, psf_sigma
@@ -726,6 +739,7 @@ def detect_trails(
                 "max_probability": c.max_probability,
                 "origin": c.origin,
                 "line_snr": c.line_snr,
+                "line_snr_trim": c.line_snr_trim,
                 "n_pixels": int(c.pixels_x.size),
                 "n_fragments": c.n_fragments,
                 "flag_edge": _near_edge(c, image.shape, no_data, edge_margin),

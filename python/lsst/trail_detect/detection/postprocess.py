@@ -168,6 +168,7 @@ class TrailCandidate:
     rejected: str = ""
     origin: str = "cnn"
     line_snr: float = float("nan")
+    line_snr_trim: float = float("nan")
     score: float = float("nan")
 
     @property
