@@ -414,15 +414,20 @@ class HybridDetectionTestCase(lsst.utils.tests.TestCase):
         settings = InferenceSettings(tile=256, overlap=32)
         # Low thresholds so that both sources have false candidates to calibrate on.
         search = LineSearchConfig(threshold=4.0, lengths_fwhm=(10.0, 20.0))
-        calibrated, summary = calibrate_trail_model(
-            self.model,
-            self.samples(4, seed=1),
-            network=self.network,
-            threshold=0.1,
-            settings=settings,
-            line_search=search,
-            max_fp_per_detector=1000.0,
-        )
+
+        def calibrate(folds):
+            return calibrate_trail_model(
+                self.model,
+                self.samples(4, seed=1),
+                network=self.network,
+                threshold=0.1,
+                settings=settings,
+                line_search=search,
+                max_fp_per_detector=1000.0,
+                folds=folds,
+            )
+
+        calibrated, summary = calibrate(4)
         line = calibrated.metadata["line_search"]
         self.assertEqual(LineSearchConfig.from_dict(line["config"]), search)
         self.assertEqual(line["score_calibration"]["features"], list(LINE_SCORE_FEATURES))
@@ -430,21 +435,11 @@ class HybridDetectionTestCase(lsst.utils.tests.TestCase):
         self.assertGreater(summary["n_line_candidates"], summary["n_line_real"])
         # min_score is chosen on out-of-fold scores; the calibration stored is fitted on every image.
         self.assertEqual(summary["folds"], 4)
-        in_sample, in_sample_summary = calibrate_trail_model(
-            self.model,
-            self.samples(4, seed=1),
-            network=self.network,
-            threshold=0.1,
-            settings=settings,
-            line_search=search,
-            max_fp_per_detector=1000.0,
-            folds=1,
-        )
+        in_sample, in_sample_summary = calibrate(1)
         self.assertEqual(in_sample_summary["folds"], 1)
-        for key in ("score_calibration",):
-            a, b = dict(calibrated.metadata[key]), dict(in_sample.metadata[key])
-            a.pop("validation"), b.pop("validation")
-            self.assertEqual(a, b)
+        a, b = dict(calibrated.metadata["score_calibration"]), dict(in_sample.metadata["score_calibration"])
+        a.pop("validation"), b.pop("validation")
+        self.assertEqual(a, b)
         self.assertEqual(
             calibrated.metadata["line_search"]["score_calibration"],
             in_sample.metadata["line_search"]["score_calibration"],
