@@ -333,6 +333,52 @@ def remove_line_patterns(image: np.ndarray, use: np.ndarray, min_pixels: int = 6
     return np.where(use, out, 0.0).astype(np.float32)
 
 
+def _fit_pieces_with_plane(
+    candidate: TrailCandidate,
+    image: np.ndarray,
+    variance: np.ndarray,
+    use: np.ndarray,
+    psf_sigma: float,
+    n_pieces: int,
+    half_width_sigma: float,
+    min_pixels: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fluxes of ``n_pieces`` equal pieces of a segment and a local plane, by weighted least squares.
+
+    The design is the unit-flux `~.postprocess.trail_model` of each piece
+    (PSF width) and a plane ``b0 + b1 d + b2 s`` (``d`` and ``s`` across and
+    along the segment), over the pixels within ``half_width_sigma`` PSF
+    sigmas of it that ``use`` allows. Returns the coefficients and their
+    covariance (pieces first), or None with fewer than ``min_pixels``
+    pixels or a singular fit.
+    """
+    from .postprocess import _segment_frame, segment_band
+
+    c = candidate
+    half = half_width_sigma * psf_sigma + 1.0
+    box, inside = segment_band(image.shape, c.x_start, c.y_start, c.x_end, c.y_end, half, extend=half)
+    sel = inside & use[box]
+    if sel.sum() < min_pixels:
+        return None
+    yy, xx = np.mgrid[box[0], box[1]]
+    px, py = xx[sel].astype(float), yy[sel].astype(float)
+    dx, dy = (c.x_end - c.x_start) / n_pieces, (c.y_end - c.y_start) / n_pieces
+    ends = [(c.x_start + k * dx, c.y_start + k * dy) for k in range(n_pieces)] + [(c.x_end, c.y_end)]
+    pieces = [trail_model(px, py, *ends[k], *ends[k + 1], psf_sigma) for k in range(n_pieces)]
+    length, _, _, along, across = _segment_frame(px, py, c.x_start, c.y_start, c.x_end, c.y_end)
+    design = np.column_stack(
+        pieces + [np.ones_like(px), across / half, (along - 0.5 * length) / max(length + 2 * half, 1.0)]
+    )
+    inv_sigma = 1.0 / np.sqrt(variance[box][sel].astype(float))
+    a = design * inv_sigma[:, None]
+    b = image[box][sel].astype(float) * inv_sigma
+    try:
+        cov = np.linalg.inv(a.T @ a)
+    except np.linalg.LinAlgError:
+        return None
+    return cov @ (a.T @ b), cov
+
+
 def segment_snr(
     candidate: TrailCandidate,
     image: np.ndarray,
@@ -351,30 +397,10 @@ def segment_snr(
     beside the segment, which a plain matched filter counts as trail flux.
     NaN with too few pixels.
     """
-    from .postprocess import _segment_frame, segment_band
-
-    c = candidate
-    half = half_width_sigma * psf_sigma + 1.0
-    box, inside = segment_band(image.shape, c.x_start, c.y_start, c.x_end, c.y_end, half, extend=half)
-    sel = inside & use[box]
-    if sel.sum() < 16:
+    fit = _fit_pieces_with_plane(candidate, image, variance, use, psf_sigma, 1, half_width_sigma, 16)
+    if fit is None:
         return float("nan")
-    yy, xx = np.mgrid[box[0], box[1]]
-    px, py = xx[sel].astype(float), yy[sel].astype(float)
-    template = trail_model(px, py, c.x_start, c.y_start, c.x_end, c.y_end, psf_sigma)
-    length, _, _, along, across = _segment_frame(px, py, c.x_start, c.y_start, c.x_end, c.y_end)
-    design = np.column_stack(
-        [template, np.ones_like(px), across / half, (along - 0.5 * length) / max(length + 2 * half, 1.0)]
-    )
-    inv_sigma = 1.0 / np.sqrt(variance[box][sel].astype(float))
-    a = design * inv_sigma[:, None]
-    b = image[box][sel].astype(float) * inv_sigma
-    normal = a.T @ a
-    try:
-        cov = np.linalg.inv(normal)
-    except np.linalg.LinAlgError:
-        return float("nan")
-    coef = cov @ (a.T @ b)
+    coef, cov = fit
     err = math.sqrt(cov[0, 0]) if cov[0, 0] > 0 else float("nan")
     return float(coef[0] / err) if err > 0 else float("nan")
 
@@ -392,49 +418,26 @@ def segment_chunk_snr(
 
     The segment is cut into pieces about ``chunk_fwhm`` PSF FWHM long, and
     the flux of each is fitted with one shared local plane background (as in
-    `segment_snr`). The inverse-variance weighted flux of all pieces but the
-    one with the highest SNR gives this SNR. A trail's flux is spread evenly
-    along it, so dropping one of ``n`` pieces costs it a factor of about
-    ``sqrt((n - 1) / n)``; a line that passes through one faint source, or
-    along the edge of a star's or galaxy's light, loses most of its signal.
-    NaN with fewer than two pieces or too few pixels.
+    `segment_snr`). The summed flux of all pieces but the one with the
+    highest SNR, over its error (covariances included), is this SNR. A
+    trail's flux is spread evenly along it, so dropping one of ``n`` pieces
+    costs it a factor of about ``sqrt((n - 1) / n)``; a line that passes
+    through one faint source, or along the edge of a star's or galaxy's
+    light, loses most of its signal. NaN with fewer than two pieces or too
+    few pixels.
     """
-    from .postprocess import _segment_frame, segment_band
-
-    c = candidate
-    length = c.length
-    n = int(length // (chunk_fwhm * 2.3548 * psf_sigma))
+    n = int(candidate.length // (chunk_fwhm * 2.3548 * psf_sigma))
     if n < 2:
         return float("nan")
-    half = half_width_sigma * psf_sigma + 1.0
-    box, inside = segment_band(image.shape, c.x_start, c.y_start, c.x_end, c.y_end, half, extend=half)
-    sel = inside & use[box]
-    if sel.sum() < 8 * n:
+    fit = _fit_pieces_with_plane(candidate, image, variance, use, psf_sigma, n, half_width_sigma, 8 * n)
+    if fit is None:
         return float("nan")
-    yy, xx = np.mgrid[box[0], box[1]]
-    px, py = xx[sel].astype(float), yy[sel].astype(float)
-    dx, dy = (c.x_end - c.x_start) / n, (c.y_end - c.y_start) / n
-    ends = [(c.x_start + k * dx, c.y_start + k * dy) for k in range(n + 1)]
-    pieces = [trail_model(px, py, *ends[k], *ends[k + 1], psf_sigma) for k in range(n)]
-    _, _, _, along, across = _segment_frame(px, py, c.x_start, c.y_start, c.x_end, c.y_end)
-    design = np.column_stack(
-        pieces + [np.ones_like(px), across / half, (along - 0.5 * length) / max(length + 2 * half, 1.0)]
-    )
-    inv_sigma = 1.0 / np.sqrt(variance[box][sel].astype(float))
-    a = design * inv_sigma[:, None]
-    b = image[box][sel].astype(float) * inv_sigma
-    try:
-        cov = np.linalg.inv(a.T @ a)
-    except np.linalg.LinAlgError:
-        return float("nan")
-    coef = cov @ (a.T @ b)
-    flux, cov = coef[:n], cov[:n, :n]
+    flux, cov = fit[0][:n], fit[1][:n, :n]
     err = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     if not np.all(err > 0):
         return float("nan")
     keep = np.ones(n, dtype=bool)
     keep[int(np.argmax(flux / err))] = False
-    # The total flux of the other pieces and its error, their covariances included.
     total = float(np.sum(flux[keep]))
     total_err = math.sqrt(max(float(np.sum(cov[np.ix_(keep, keep)])), 0.0))
     return total / total_err if total_err > 0 else float("nan")
