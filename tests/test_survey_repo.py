@@ -658,6 +658,54 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(rows, n_trails)
         del butler
 
+    def test_difference_pipeline(self):
+        """pipetask run of EndToEndDifference: templates, subtraction, detection and evaluation."""
+        from lsst.trail_detect.imageutils import psf_sigma
+
+        output = "u/test/difference"
+        butler = self.run_pipeline("EndToEndDifference.yaml", output, extra=("-c", "detectTrails:threads=1"))
+        self.check_evaluation(butler, output)
+        for ref in butler.query_datasets("injected_difference_image", limit=None):
+            difference = butler.get(ref)
+            science = butler.get("injected_visit_image", ref.dataId)
+            template = butler.get("template_detector", ref.dataId)
+            reference = butler.get("difference_image", ref.dataId)
+            truth_mask = butler.get("injected_trail_mask", ref.dataId).get("TRAIL")
+            self.assertEqual(difference.bbox, science.bbox)
+            # The template is the static sky: deeper, sharper, without the visit's artefacts.
+            self.assertLessEqual(psf_sigma(template), psf_sigma(science) * 1.05)
+            self.assertFalse(template.mask.get("COSMIC_RAY").any())
+            self.assertLess(
+                float(np.median(template.variance.array)), 0.2 * float(np.nanmedian(science.variance.array))
+            )
+            self.assertEqual(psf_sigma(difference), psf_sigma(science))
+            self.assertIn("DIFF_KERNEL_STAMPS", difference.metadata)
+            good = np.isfinite(difference.variance.array)
+            self.assertTrue(
+                np.all(difference.variance.array[good] >= science.variance.array[good] * (1 - 1e-6))
+            )
+            # The stars and galaxies are gone and the trails are left: far fewer detected pixels
+            # than on the visit image, and the injected flux where the trails are.
+            self.assertLess(difference.mask.get("DETECTED").mean(), 0.3 * science.mask.get("DETECTED").mean())
+            injected_flux = float(
+                np.sum(
+                    (science.image.array - self.butler.get("visit_image", ref.dataId).image.array)[truth_mask]
+                )
+            )
+            found_flux = float(np.sum((difference.image.array - reference.image.array)[truth_mask & good]))
+            self.assertFloatsAlmostEqual(found_flux, injected_flux, rtol=0.1)
+        for name, dia_name in (
+            ("injected_dia_source", "injected_difference_image"),
+            ("dia_source", "difference_image"),
+        ):
+            refs = butler.query_datasets(name, limit=None)
+            self.assertEqual(len(refs), VISITS * DETECTORS)
+            for ref in refs:
+                self.assertLess(len(butler.get(ref)), len(self.butler.get("source", ref.dataId)))
+        matches = butler.get("trail_matches", butler.query_datasets("trail_matches", limit=None)[0].dataId)
+        self.assertIn("source", set(matches["det_origin"][matches["detected"]]) | {"source"})
+        del butler
+
 
 class BadInputTestCase(lsst.utils.tests.TestCase):
     """make-repo refuses bad input clearly and leaves nothing half-made."""

@@ -514,6 +514,33 @@ def detect_fits(
     help="Line search settings as JSON (LineSearchConfig fields, e.g. '{\"threshold\": 6.0}').",
 )
 @click.option(
+    "--source-search/--no-source-search",
+    default=False,
+    show_default=True,
+    help="Also take every significant source as a candidate (for difference images: the short trails the "
+    "network misses), calibrate those candidates and store the search in the model.",
+)
+@click.option(
+    "--source-search-config",
+    default=None,
+    help="Source search settings as JSON (SourceSearchConfig fields, e.g. '{\"threshold\": 5.5}').",
+)
+@click.option(
+    "--calibration",
+    "target",
+    type=click.Choice(["visit", "difference"]),
+    default="visit",
+    show_default=True,
+    help="Store the result as the model's calibration for visit images or for difference images (the "
+    "other is kept).",
+)
+@click.option(
+    "--image-type",
+    default="injected_visit_image",
+    show_default=True,
+    help="Dataset type of the injected images searched (e.g. injected_difference_image).",
+)
+@click.option(
     "--folds",
     default=4,
     show_default=True,
@@ -535,6 +562,10 @@ def calibrate(
     threads,
     line_search,
     line_search_config,
+    source_search,
+    source_search_config,
+    target,
+    image_type,
     folds,
 ):
     """Calibrate a trail model's scores on validation images and write it to OUT.
@@ -556,6 +587,7 @@ def calibrate(
 
     from ..detection.calibration import butler_samples, calibrate_trail_model
     from ..detection.line_search import LineSearchConfig
+    from ..detection.source_search import SourceSearchConfig
     from ..models.storage import TrailDetectorModel
 
     search = None
@@ -566,6 +598,16 @@ def calibrate(
             raise click.BadParameter(str(err), param_hint="--line-search-config") from err
     elif line_search_config:
         raise click.UsageError("--line-search-config needs --line-search.")
+    sources = None
+    if source_search:
+        try:
+            sources = SourceSearchConfig.from_dict(
+                json.loads(source_search_config) if source_search_config else {}
+            )
+        except (ValueError, TypeError) as err:
+            raise click.BadParameter(str(err), param_hint="--source-search-config") from err
+    elif source_search_config:
+        raise click.UsageError("--source-search-config needs --source-search.")
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -581,11 +623,18 @@ def calibrate(
     try:
         calibrated, summary = calibrate_trail_model(
             model,
-            butler_samples(butler, split=split, split_seed=split_seed, where=where),
+            butler_samples(butler, split=split, split_seed=split_seed, where=where, image_type=image_type),
             max_fp_per_detector=max_fp,
             method=method,
-            provenance={"collections": collections, "split": split, "split_seed": split_seed},
+            provenance={
+                "collections": collections,
+                "split": split,
+                "split_seed": split_seed,
+                "image_type": image_type,
+            },
             line_search=search,
+            source_search=sources,
+            target=target,
             workers=max(threads, 1),
             folds=folds,
         )

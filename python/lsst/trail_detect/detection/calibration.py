@@ -50,6 +50,7 @@ from ..evaluation.metrics import DETECTOR_4K_PIXELS
 from .detect import (
     LINE_SCORE_FEATURES,
     SCORE_FEATURES,
+    SOURCE_SCORE_FEATURES,
     apply_score_calibration,
     detect_trails,
     fit_score_calibration,
@@ -60,6 +61,7 @@ from .detect import (
 from .inference import InferenceSettings
 from .line_search import LineSearchConfig
 from .postprocess import PostprocessConfig, TrailCandidate
+from .source_search import SourceSearchConfig
 
 _LOG = logging.getLogger(__name__)
 
@@ -161,8 +163,10 @@ def calibrate_trail_model(
     method: str = "logistic",
     provenance: dict | None = None,
     line_search: LineSearchConfig | None = None,
+    source_search: SourceSearchConfig | None = None,
     workers: int = 1,
     folds: int = 4,
+    target: str = "visit",
 ):
     """Calibrate a trail model's scores on validation images with injected trails.
 
@@ -192,6 +196,11 @@ def calibrate_trail_model(
         (logistic on `~.detect.LINE_SCORE_FEATURES`) and store both in the
         model, which then runs it in `~.detect_trails.DetectTrailsTask`.
         Without it, a line search the model already has is dropped.
+    source_search : `~.source_search.SourceSearchConfig`, optional
+        Also take every significant source as a candidate (difference
+        images), calibrate those candidates' scores (logistic on
+        `~.detect.SOURCE_SCORE_FEATURES`) and store the search in the model,
+        as ``line_search``.
     workers : `int`, optional
         Threads of the line search's FFTs.
     folds : `int`, optional
@@ -201,6 +210,10 @@ def calibrate_trail_model(
         calibration gives the images it was fitted on are too optimistic
         for a false-positive budget to hold on new images. 1 chooses it on
         the in-sample scores.
+    target : `str`, optional
+        Which calibration of the model this is: ``"visit"`` (the top-level
+        metadata, for calibrated visit images) or ``"difference"`` (metadata
+        ``difference``, for difference images); the other is kept as it is.
 
     Returns
     -------
@@ -230,12 +243,19 @@ def calibrate_trail_model(
     )
     settings_from_model = model_settings(model, threshold=threshold, min_score=0.0, line_search=False)
     settings_from_model["score_calibration"] = None  # raw scores are what is calibrated
-    del settings_from_model["line_search"], settings_from_model["line_score_calibration"]
+    for key in ("line_search", "line_score_calibration", "source_search", "source_score_calibration"):
+        del settings_from_model[key]
     threshold = settings_from_model["threshold"]
-    origins = ("cnn", "line") if line_search is not None else ("cnn",)
-    features = {"cnn": SCORE_FEATURES, "line": LINE_SCORE_FEATURES}
+    origins = (
+        ("cnn",)
+        + (("line",) if line_search is not None else ())
+        + (("source",) if source_search is not None else ())
+    )
+    features = {"cnn": SCORE_FEATURES, "line": LINE_SCORE_FEATURES, "source": SOURCE_SCORE_FEATURES}
     if folds < 1:
         raise ValueError(f"folds must be at least 1, not {folds}.")
+    if target not in ("visit", "difference"):
+        raise ValueError(f"unknown calibration target {target!r}; use 'visit' or 'difference'.")
     # Per image and origin: the candidates' properties and whether each is real.
     properties, real = [], []
     images = []
@@ -255,6 +275,7 @@ def calibrate_trail_model(
             config=config,
             keep_rejected=True,
             line_search=line_search,
+            source_search=source_search,
             workers=workers,
         )
         catalog = result.catalog
@@ -322,9 +343,9 @@ def calibrate_trail_model(
             rows = catalog["origin"] == origin
             catalog["score"][rows] = apply_score_calibration(catalog[rows], image_calibration[origin])
         candidates = _candidates_from_rows(catalog)
-        network_side = [c for c in candidates if c.origin == "cnn"]
-        line_side = [c for c in candidates if c.origin == "line"]
-        joined = resolve_duplicates(network_side, line_side, psf_sigma)
+        joined = [c for c in candidates if c.origin == "cnn"]
+        for origin in ("line", "source"):
+            joined = resolve_duplicates(joined, [c for c in candidates if c.origin == origin], psf_sigma)
         joined = [c for c in joined if not c.rejected]
         index_of = {id(c): k for k, c in enumerate(candidates)}
         order = [index_of[id(c)] for c in joined]
@@ -373,17 +394,26 @@ def calibrate_trail_model(
             else None
             for lo, hi in ((2, 5), (5, 10), (10, 31))
         }
-    if line_search is not None:
-        summary["n_line_candidates"] = int(sum(len(r["line"]) for r in real))
-        summary["n_line_real"] = int(sum(np.sum(r["line"]) for r in real))
+    for origin in origins[1:]:
+        summary[f"n_{origin}_candidates"] = int(sum(len(r[origin]) for r in real))
+        summary[f"n_{origin}_real"] = int(sum(np.sum(r[origin]) for r in real))
     calibration = calibrations["cnn"]
     calibration["validation"] = dict(summary, **({"provenance": provenance} if provenance else {}))
-    metadata = copy.deepcopy(model.metadata)
-    metadata["score_calibration"] = calibration
-    metadata["min_score"] = min_score
-    metadata.pop("line_search", None)
+    result = {"score_calibration": calibration, "min_score": min_score}
     if line_search is not None:
-        metadata["line_search"] = {"config": line_search.to_dict(), "score_calibration": calibrations["line"]}
+        result["line_search"] = {"config": line_search.to_dict(), "score_calibration": calibrations["line"]}
+    if source_search is not None:
+        result["source_search"] = {
+            "config": source_search.to_dict(),
+            "score_calibration": calibrations["source"],
+        }
+    metadata = copy.deepcopy(model.metadata)
+    if target == "difference":
+        metadata["difference"] = result
+    else:
+        for key in ("line_search", "source_search"):
+            metadata.pop(key, None)
+        metadata.update(result)
     calibrated = type(model)(
         kind=model.kind, architecture=model.architecture, tensors=model.tensors, metadata=metadata
     )

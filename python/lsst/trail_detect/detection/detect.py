@@ -70,6 +70,8 @@ from .postprocess import (
     segment_band,
     trail_photometry,
 )
+from .source_search import SourceSearchConfig
+from .source_search import source_search as run_source_search
 
 _LOG = logging.getLogger(__name__)
 
@@ -101,7 +103,12 @@ TRAIL_CATALOG_COLUMNS: dict[str, tuple[Any, str | None, str]] = {
         "real on validation data (equal to score_raw if the model has no calibration).",
     ),
     "score_raw": (np.float64, None, "Mean network probability along the fitted segment."),
-    "origin": (str, None, "What found the candidate: 'cnn' (the network) or 'line' (the line search)."),
+    "origin": (
+        str,
+        None,
+        "What found the candidate: 'cnn' (the network), 'line' (the line search) or 'source' (the "
+        "source search of difference images).",
+    ),
     "line_snr": (
         np.float64,
         None,
@@ -115,6 +122,18 @@ TRAIL_CATALOG_COLUMNS: dict[str, tuple[Any, str | None, str]] = {
         "(low for a line through one faint source or along a bright one's edge; NaN for the network's "
         "candidates and for segments under four FWHM).",
     ),
+    "peak_snr": (
+        np.float64,
+        None,
+        "Source search candidates: peak PSF-filtered SNR of the footprint (NaN for the others).",
+    ),
+    "negative_snr": (
+        np.float64,
+        None,
+        "Source search candidates: the lowest PSF-filtered SNR beside the footprint, negative where a "
+        "subtraction residual or dipole lies next to it (NaN for the others).",
+    ),
+    "width_ratio": (np.float64, None, "Fitted width across the trail in PSF widths (NaN if the fit failed)."),
     "max_probability": (np.float64, None, "Highest network probability in the trail's pixels."),
     "n_pixels": (np.int64, None, "Pixels above the hysteresis threshold."),
     "n_fragments": (np.int64, None, "Components merged into this trail."),
@@ -201,7 +220,13 @@ def load_network(model, device: str = "auto"):
 
 
 def model_settings(
-    model, *, threshold: float | None = None, min_score: float | None = None, line_search: bool = True
+    model,
+    *,
+    threshold: float | None = None,
+    min_score: float | None = None,
+    line_search: bool = True,
+    source_search: bool = True,
+    calibration: str = "visit",
 ) -> dict:
     """The `detect_trails` arguments a stored model carries (overridable).
 
@@ -215,6 +240,16 @@ def model_settings(
         Run the model's line search, if it has one (metadata
         ``line_search``: the `~.line_search.LineSearchConfig` and the score
         calibration of its candidates, fitted together with the network's).
+    source_search : `bool`, optional
+        Run the model's source search, if it has one (metadata
+        ``source_search``, as ``line_search``; calibrations for difference
+        images).
+    calibration : `str`, optional
+        Which of the model's calibrations to use: ``"visit"`` (calibrated
+        visit images: the top-level metadata) or ``"difference"``
+        (difference images: metadata ``difference``, with the same keys),
+        so that one network carries the operating point of each kind of
+        image.
 
     Returns
     -------
@@ -223,24 +258,40 @@ def model_settings(
         threshold unless given), ``score_calibration``, ``min_score``
         (the model's, chosen for its false-positive budget, unless given;
         0 if it has none), ``line_search`` and ``line_score_calibration``
-        (`None` without a line search).
+        (`None` without a line search), ``source_search`` and
+        ``source_score_calibration`` (`None` without a source search).
 
     Raises
     ------
     ValueError
-        If neither the model nor the caller gives a threshold.
+        If neither the model nor the caller gives a threshold, or the model
+        has no calibration of the kind asked for.
     """
     threshold = threshold if threshold is not None else model.threshold
     if threshold is None:
         raise ValueError("the model has no operating threshold; give one.")
-    line = model.metadata.get("line_search") if line_search else None
+    if calibration == "visit":
+        meta = model.metadata
+    elif calibration == "difference":
+        meta = model.metadata.get("difference")
+        if not meta:
+            raise ValueError(
+                "the model has no calibration for difference images; make one with `trail-detect calibrate "
+                "--image-type injected_difference_image --calibration difference`."
+            )
+    else:
+        raise ValueError(f"unknown calibration {calibration!r}; use 'visit' or 'difference'.")
+    line = meta.get("line_search") if line_search else None
+    source = meta.get("source_search") if source_search else None
     return {
         "normalization": model.metadata.get("normalization"),
         "threshold": float(threshold),
-        "score_calibration": model.metadata.get("score_calibration"),
-        "min_score": float(min_score if min_score is not None else model.metadata.get("min_score", 0.0)),
+        "score_calibration": meta.get("score_calibration"),
+        "min_score": float(min_score if min_score is not None else meta.get("min_score", 0.0)),
         "line_search": LineSearchConfig.from_dict(line["config"]) if line else None,
         "line_score_calibration": line.get("score_calibration") if line else None,
+        "source_search": SourceSearchConfig.from_dict(source["config"]) if source else None,
+        "source_score_calibration": source.get("score_calibration") if source else None,
     }
 
 
@@ -251,6 +302,10 @@ SCORE_FEATURES = ("score_raw", "max_probability", "trail_length", "snr")
 #: matched-filter SNR of the search, with and without the segment's most significant piece.
 LINE_SCORE_FEATURES = SCORE_FEATURES + ("line_snr", "line_snr_trim")
 
+#: Properties of the source search's candidates (difference images): those of the network's plus
+#: the deepest negative PSF-filtered SNR beside the source and the fitted width in PSF widths.
+SOURCE_SCORE_FEATURES = SCORE_FEATURES + ("negative_snr", "width_ratio")
+
 # How each property enters the logistic calibration: probabilities as logits, the rest as logs,
 # clipped below.
 _FEATURE_TRANSFORMS = {
@@ -260,6 +315,8 @@ _FEATURE_TRANSFORMS = {
     "snr": ("log", 0.5),
     "line_snr": ("half_square", 0.0),
     "line_snr_trim": ("half_square", 0.0),
+    "negative_snr": ("negative_log", 0.0),
+    "width_ratio": ("log_ratio", 0.2),
 }
 
 
@@ -271,11 +328,14 @@ def score_features(values: Any, features: tuple[str, ...] | list[str] = SCORE_FE
     values : `astropy.table.Table` or mapping
         Columns ``features``: probabilities (``score_raw``,
         ``max_probability``) enter as logits, ``trail_length`` and ``snr``
-        as logs, and ``line_snr`` and ``line_snr_trim`` as half their
+        as logs, ``line_snr`` and ``line_snr_trim`` as half their
         squares (the log-odds of a Gaussian noise tail, which is what the
-        line search's false candidates are; NaN, not measured, as 0).
+        line search's false candidates are; NaN, not measured, as 0),
+        ``negative_snr`` as ``log(1 + max(-value, 0))`` and ``width_ratio``
+        as its log clipped to [0.2, 5] (NaN, no fit, as 1).
     features : sequence of `str`, optional
-        `SCORE_FEATURES` (the default) or `LINE_SCORE_FEATURES`.
+        `SCORE_FEATURES` (the default), `LINE_SCORE_FEATURES` or
+        `SOURCE_SCORE_FEATURES`.
     """
     eps = 1e-4
     columns = []
@@ -289,6 +349,11 @@ def score_features(values: Any, features: tuple[str, ...] | list[str] = SCORE_FE
             columns.append(np.log(p / (1 - p)))
         elif transform[0] == "log":
             columns.append(np.log(np.clip(value, transform[1], None)))
+        elif transform[0] == "negative_log":
+            columns.append(np.log1p(np.clip(-np.nan_to_num(value, nan=0.0), 0.0, None)))
+        elif transform[0] == "log_ratio":
+            value = np.where(np.isfinite(value), value, 1.0)
+            columns.append(np.log(np.clip(value, transform[1], 1.0 / transform[1])))
         else:  # half_square: the log-odds of a Gaussian noise tail; NaN (not measured) as no evidence
             value = np.where(np.isnan(value), transform[1], value)
             columns.append(0.5 * np.clip(value, transform[1], None) ** 2)
@@ -491,6 +556,8 @@ def _properties(c: TrailCandidate) -> dict[str, list[float]]:
         "snr": [c.snr],
         "line_snr": [c.line_snr],
         "line_snr_trim": [c.line_snr_trim],
+        "negative_snr": [c.negative_snr],
+        "width_ratio": [c.width_ratio],
     }
 
 
@@ -544,6 +611,8 @@ def detect_trails(
     progress: bool = False,
     line_search: LineSearchConfig | None = None,
     line_score_calibration: Mapping[str, Any] | None = None,
+    source_search: SourceSearchConfig | None = None,
+    source_score_calibration: Mapping[str, Any] | None = None,
     workers: int = 1,
 ) -> DetectionResult:
     """Find the trails in one image.
@@ -599,6 +668,16 @@ def detect_trails(
         ``duplicate``).
     line_score_calibration : `dict`, optional
         From `fit_score_calibration` with `LINE_SCORE_FEATURES`.
+    source_search : `~.source_search.SourceSearchConfig`, optional
+        Also take every significant source of the image as a candidate
+        (`~.source_search.source_search`; for difference images, where the
+        short trails the network misses are such sources). Its candidates
+        are fitted without the length cut (one whose fit fails is rejected
+        as ``fit_failed``), classified and scored with
+        ``source_score_calibration``, and joined to the others as the line
+        search's are.
+    source_score_calibration : `dict`, optional
+        From `fit_score_calibration` with `SOURCE_SCORE_FEATURES`.
     workers : `int`, optional
         Threads of the line search's FFTs.
 
@@ -659,9 +738,12 @@ def detect_trails(
 
     found = None
 
+    source_config = dataclasses.replace(config, min_length_fwhm=0.0)
+
     def refine(candidate: TrailCandidate, calibration: Mapping[str, Any] | None) -> TrailCandidate:
         """Fit, measure, classify and score one candidate (``rejected`` says why it fails)."""
-        if candidate.length < prefit_min_length:
+        from_source = candidate.origin == "source"
+        if candidate.length < prefit_min_length and not from_source:
             candidate.rejected = "short"
             candidate.score_raw = line_probability(candidate, probability, good)
             return candidate
@@ -683,7 +765,16 @@ def detect_trails(
         )
         fitted.snr = fitted.flux / fitted.flux_err if fitted.flux_err > 0 else float("nan")
         fitted.score_raw = line_probability(fitted, probability, good)
-        fitted.rejected = classify_candidate(fitted, psf_sigma, config, saturated, blobs)
+        if from_source:
+            fitted.max_probability = band_probability(fitted, probability, 2.0 * psf_sigma)
+        fitted.width_ratio = fitted.width_sigma / psf_sigma if fitted.fit_ok else float("nan")
+        fitted.rejected = classify_candidate(
+            fitted, psf_sigma, source_config if from_source else config, saturated, blobs
+        )
+        if from_source and not fitted.fit_ok and not fitted.rejected:
+            # A source the segment model cannot fit (most often a cosmic ray of a pixel or two,
+            # whose width collapses) has no measured shape to score.
+            fitted.rejected = "fit_failed"
         fitted.score = float(apply_score_calibration(_properties(fitted), calibration)[0])
         if not fitted.rejected and min_score > 0 and not fitted.score >= min_score:
             fitted.rejected = "low_score"
@@ -697,6 +788,12 @@ def detect_trails(
         line_candidates = [refine(c, line_score_calibration) for c in found.candidates]
         refined = resolve_duplicates(refined, line_candidates, psf_sigma)
         timing["line_search"] = time.perf_counter() - t0
+    if source_search is not None:
+        t0 = time.perf_counter()
+        sources = run_source_search(image, variance, psf_sigma, good=good, config=source_search)
+        source_candidates = [refine(c, source_score_calibration) for c in sources.candidates]
+        refined = resolve_duplicates(refined, source_candidates, psf_sigma)
+        timing["source_search"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     kept = []
     for candidate in refined:
@@ -740,6 +837,9 @@ def detect_trails(
                 "origin": c.origin,
                 "line_snr": c.line_snr,
                 "line_snr_trim": c.line_snr_trim,
+                "peak_snr": c.peak_snr,
+                "negative_snr": c.negative_snr,
+                "width_ratio": c.width_ratio,
                 "n_pixels": int(c.pixels_x.size),
                 "n_fragments": c.n_fragments,
                 "flag_edge": _near_edge(c, image.shape, no_data, edge_margin),

@@ -161,6 +161,19 @@ class DetectTrailsConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Detect
         "model carries one (its settings and score calibration are part of the model).",
         default=True,
     )
+    calibration = pexConfig.ChoiceField[str](
+        doc="Which of the model's score calibrations (operating points) to use.",
+        allowed={
+            "visit": "Calibrated visit images (the model's main calibration).",
+            "difference": "Difference images (the model's 'difference' calibration).",
+        },
+        default="visit",
+    )
+    source_search = pexConfig.Field[bool](
+        doc="Also take every significant source as a candidate, when the model carries a source search "
+        "(models calibrated on difference images).",
+        default=True,
+    )
     keep_rejected = pexConfig.Field[bool](
         doc="Keep rejected candidates in trail_catalog with the reason in the 'rejected' column.",
         default=False,
@@ -266,7 +279,12 @@ class DetectTrailsTask(pipeBase.PipelineTask):
         if c.threads > 0:
             torch.set_num_threads(c.threads)
         from_model = model_settings(
-            model, threshold=c.threshold, min_score=c.min_score, line_search=c.line_search
+            model,
+            threshold=c.threshold,
+            min_score=c.min_score,
+            line_search=c.line_search,
+            source_search=c.source_search,
+            calibration=c.calibration,
         )
         threshold = from_model["threshold"]
         image = exposure.image.array
@@ -329,7 +347,7 @@ class DetectTrailsTask(pipeBase.PipelineTask):
         n_kept = int(np.sum(catalog["rejected"] == "")) if "rejected" in catalog.colnames else len(catalog)
         self.log.info(
             "Found %d trails (threshold %.2f, PSF sigma %.2f px); rejected %s; %.1f s inference, "
-            "%.1f s post-processing, %.1f s line search.",
+            "%.1f s post-processing, %.1f s line search, %.1f s source search.",
             n_kept,
             threshold,
             sigma,
@@ -337,6 +355,7 @@ class DetectTrailsTask(pipeBase.PipelineTask):
             result.timing["inference"],
             result.timing["postprocess"],
             result.timing.get("line_search", 0.0),
+            result.timing.get("source_search", 0.0),
         )
         self.metadata["n_trails"] = n_kept
         for reason, count in result.rejected.items():

@@ -169,6 +169,9 @@ class TrailCandidate:
     origin: str = "cnn"
     line_snr: float = float("nan")
     line_snr_trim: float = float("nan")
+    peak_snr: float = float("nan")
+    negative_snr: float = float("nan")
+    width_ratio: float = float("nan")
     score: float = float("nan")
 
     @property

@@ -49,7 +49,10 @@ __all__ = (
     "galaxy_number_density",
     "make_true_psf",
     "psf_moment_sigma",
+    "TemplateParameters",
+    "render_static_sky",
     "simulate_detector",
+    "simulate_template",
 )
 
 import dataclasses
@@ -118,6 +121,49 @@ class SceneParameters:
         default_factory=lambda: {"folding_threshold": 5e-3, "maximum_fft_size": 8192}
     )
     """GalSim accuracy settings for galaxy rendering."""
+
+
+@dataclasses.dataclass
+class TemplateParameters:
+    """How the template (a deep coadd of earlier visits) of a detector differs from the visit.
+
+    The template holds the same stars and galaxies as the visit, seen
+    through a coadd PSF of its own and with the noise of ``depth`` visits
+    coadded; it has no cosmic rays, defects, satellites or diffraction
+    spikes (the coadd's clipping removed them, and the spikes rotate from
+    visit to visit). What the subtraction leaves at the static sources comes
+    from the differences a real template has: its PSF is not the visit's
+    (the matching kernel is fitted between approximate PSF models), its
+    catalog stars are at an earlier epoch (proper motion) and its warp onto
+    the detector carries a small registration error.
+    """
+
+    fwhm_arcsec: float = 0.5
+    """FWHM of the coadd PSF (arcsec)."""
+    depth: float = 10.0
+    """Number of visits the coadd averages: its noise variance is the visit's divided by this."""
+    epoch_offset_years: float = -2.0
+    """Epoch of the template's catalog stars relative to the visit's (years)."""
+    registration_rms_px: float = 0.02
+    """RMS (per axis, pixels) of the registration error of the warped template."""
+    psf_model_sigma_rms: float = 0.01
+    """RMS fractional error of the template's Gaussian PSF model width."""
+    variable_fraction: float = 0.03
+    """Fraction of the stars that are variable (fixed on the sky by the survey seed)."""
+    variable_rms_mag: float = 0.15
+    """RMS (mag) of a variable star's brightness in a visit about its mean, the template's."""
+
+    def __post_init__(self):
+        if not self.fwhm_arcsec > 0:
+            raise ValueError(f"template fwhm_arcsec must be positive, not {self.fwhm_arcsec}.")
+        if not self.depth > 0:
+            raise ValueError(f"template depth must be positive, not {self.depth}.")
+        if self.registration_rms_px < 0 or self.psf_model_sigma_rms < 0 or self.variable_rms_mag < 0:
+            raise ValueError(
+                "template registration_rms_px, psf_model_sigma_rms and variable_rms_mag must not be negative."
+            )
+        if not 0 <= self.variable_fraction <= 1:
+            raise ValueError(f"template variable_fraction must be in [0, 1], not {self.variable_fraction}.")
 
 
 @dataclasses.dataclass
@@ -568,6 +614,219 @@ def _detector_defects(seed: int, detector: int, size: int, params: SceneParamete
     return hot, cols, dead
 
 
+def render_static_sky(
+    conditions: dict,
+    stars,
+    psf,
+    wcs,
+    *,
+    params: SceneParameters,
+    catalog_mag_limit: float | None,
+    epoch: float,
+    point_source_area: float,
+    sky_variance: float,
+    stamp_fwhm_px: float | None = None,
+    offset: tuple[float, float] = (0.0, 0.0),
+    star_flux_factor=None,
+):
+    """Render the static sky of one detector (stars and galaxies), noiseless, in electrons.
+
+    The same sky for every image of it: catalog stars moved by proper
+    motion to ``epoch``, fainter stars and galaxies fixed on the sky and
+    drawn from the survey seed, so that a visit and a template of the same
+    detector footprint hold the same objects.
+
+    Parameters
+    ----------
+    conditions : `dict`
+        Visit conditions (size, band, seeds, photometric scale).
+    stars : `astropy.table.Table` or `None`
+        Star catalog in the normalized Gaia schema.
+    psf : `galsim.GSObject`
+        PSF to render with (arcsec).
+    wcs : `astropy.wcs.WCS`
+        Detector WCS.
+    params : `SceneParameters`
+        Physical recipe.
+    catalog_mag_limit : `float` or `None`
+        Faint limit (G) of the catalog; `None`: the faintest catalog star.
+    epoch : `float`
+        Julian year the catalog stars are moved to.
+    point_source_area : `float`
+        Effective area (pixels) of the point-source matched filter, for the
+        truth's ``nu_psf``.
+    sky_variance : `float`
+        Per-pixel noise variance (electrons^2) of the background, for ``nu_psf``.
+    stamp_fwhm_px : `float`, optional
+        FWHM (pixels) that sets the stamp sizes; default: the visit seeing.
+    offset : `tuple` [`float`, `float`], optional
+        Shift (pixels) of everything rendered, leaving the truth positions
+        alone (a registration error).
+    star_flux_factor : callable, optional
+        ``f(key) -> factor`` on each star's flux, where ``key`` identifies
+        the star on the sky (its catalog ``source_id``, or a number made
+        from the position of a star of the density model); the truth keeps
+        the unscaled flux.
+
+    Returns
+    -------
+    model_e : `numpy.ndarray`
+        Noiseless image (electrons, float32).
+    truth_rows : `list` [`dict`]
+        One truth row per star and galaxy.
+    bright : `list` [`tuple`]
+        ``(x, y, flux_e, truth_row_index)`` of the stars that get diffraction spikes.
+    """
+    import galsim
+
+    from .gaia import gaia_to_band, galactic_star_density
+
+    size = int(conditions["size"])
+    band = conditions["band"]
+    survey_seed = int(conditions["survey_seed"])
+    njy_per_e = conditions["nJy_per_electron"]
+    fwhm_px = (
+        stamp_fwhm_px if stamp_fwhm_px is not None else conditions["seeing_fwhm_arcsec"] / PIXEL_SCALE_ARCSEC
+    )
+    dx, dy = float(offset[0]), float(offset[1])
+    margin = 60.0
+    canvas = galsim.ImageF(size, size, scale=PIXEL_SCALE_ARCSEC)
+    truth_rows: list[dict] = []
+
+    def to_e(mag):
+        return 10.0 ** (-0.4 * (np.asarray(mag) - 31.4)) / njy_per_e
+
+    # --- Stars from the catalog, moved by proper motion to the epoch.
+    if stars is not None and len(stars) > 0:
+        ra = np.asarray(stars["ra"], dtype=float)
+        dec = np.asarray(stars["dec"], dtype=float)
+        pmra = np.nan_to_num(np.asarray(stars["pmra"], dtype=float))
+        pmdec = np.nan_to_num(np.asarray(stars["pmdec"], dtype=float))
+        dt = epoch - 2016.0
+        dec_v = dec + pmdec * dt / 3.6e6
+        ra_v = ra + pmra * dt / 3.6e6 / np.cos(np.radians(dec))
+        x, y = wcs.wcs_world2pix(ra_v, dec_v, 0)
+        on = (x > -margin) & (x < size + margin) & (y > -margin) & (y < size + margin)
+        g = np.asarray(stars["phot_g_mean_mag"], dtype=float)
+        bp_rp = np.asarray(stars["bp_rp"], dtype=float)
+        on &= np.isfinite(g) & (g >= params.star_mag_bright)
+        mags = gaia_to_band(g[on], bp_rp[on], band)
+        ids = np.asarray(stars["source_id"])[on]
+        if catalog_mag_limit is None:
+            catalog_mag_limit = float(np.nanmax(g)) if np.isfinite(g).any() else 21.0
+        cat_stars = list(zip(x[on], y[on], ra_v[on], dec_v[on], mags, ids, [True] * int(on.sum())))
+    else:
+        cat_stars = []
+        catalog_mag_limit = catalog_mag_limit if catalog_mag_limit is not None else params.star_mag_bright
+    # --- Fainter stars, fixed on the sky, from the density model.
+
+    centre = wcs.pixel_to_world(size / 2.0, size / 2.0)
+    b_deg = float(abs(centre.galactic.b.deg))
+    l_deg = float(centre.galactic.l.deg)
+    faint_density = params.star_density_scale * max(
+        galactic_star_density(b_deg, params.star_mag_limit, l_deg)
+        - galactic_star_density(b_deg, catalog_mag_limit, l_deg),
+        0.0,
+    )
+    fra, fdec, fseed = _draw_in_cells(wcs, size, margin, survey_seed, 1, 0.05, lambda d, r: faint_density)
+    if len(fra):
+        fx, fy = wcs.wcs_world2pix(fra, fdec, 0)
+        on = (fx > -margin) & (fx < size + margin) & (fy > -margin) & (fy < size + margin)
+        # Magnitudes follow the model's slope between the catalog limit and the faint limit.
+        grid = np.linspace(catalog_mag_limit, params.star_mag_limit, 64)
+        cum = np.array([galactic_star_density(b_deg, m, l_deg) for m in grid])
+        cum = (cum - cum[0]) / max(cum[-1] - cum[0], 1e-12)
+        u_draw = (fseed[on] % 10**6) / 1e6
+        fmag = np.interp(u_draw, cum, grid) + gaia_to_band(np.array([0.0]), np.array([1.2]), band)[0]
+        cat_stars += list(
+            zip(
+                fx[on],
+                fy[on],
+                fra[on],
+                fdec[on],
+                fmag,
+                -np.ones(int(on.sum()), dtype=np.int64),
+                [False] * int(on.sum()),
+            )
+        )
+    bright = []
+    fast_psf = _oversampled_psf(psf, params.star_psf_oversampling) if params.star_psf_oversampling else None
+    for sx, sy, sra, sdec, smag, sid, in_cat in cat_stars:
+        flux_e = float(to_e(smag))
+        drawn_e = flux_e
+        if star_flux_factor is not None:
+            key = int(sid) if sid >= 0 else int(abs(sra) * 1e7) * 1000003 + int(abs(sdec) * 1e7)
+            drawn_e = flux_e * float(star_flux_factor(key))
+        stamp = _stamp_size(flux_e, fwhm_px)
+        if fast_psf is not None and stamp <= _FAST_STAMP_MAX:
+            _add_profile(canvas, fast_psf.withFlux(drawn_e), sx + dx, sy + dy, stamp, method="no_pixel")
+        else:
+            _add_profile(canvas, psf.withFlux(drawn_e), sx + dx, sy + dy, stamp)
+        truth_rows.append(
+            {
+                "type": "star",
+                "ra": sra,
+                "dec": sdec,
+                "x": sx,
+                "y": sy,
+                "mag": smag,
+                "flux": flux_e * njy_per_e,
+                "catalog_id": int(sid),
+                "in_catalog": bool(in_cat),
+                "nu_psf": flux_e / math.sqrt(point_source_area * sky_variance),
+            }
+        )
+        if smag < params.spike_mag_limit:
+            bright.append((sx, sy, flux_e, len(truth_rows) - 1))
+
+    # --- Galaxies: broken power-law counts, size-magnitude relation, Sersic profiles.
+    colour = _GALAXY_COLOUR[band]
+    mags_grid = np.linspace(16.0, params.galaxy_mag_limit, 200)
+    dens = galaxy_number_density(mags_grid) * params.galaxy_density_scale
+    cum = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(mags_grid))])
+    total_density = float(cum[-1])
+    gra, gdec, gseed = _draw_in_cells(wcs, size, margin, survey_seed, 2, 0.05, lambda d, r: total_density)
+    if len(gra):
+        gx, gy = wcs.wcs_world2pix(gra, gdec, 0)
+        on = (gx > -margin) & (gx < size + margin) & (gy > -margin) & (gy < size + margin)
+        gsparams = galsim.GSParams(**params.sersic_gsparams)
+        for gx_, gy_, gra_, gdec_, gs in zip(gx[on], gy[on], gra[on], gdec[on], gseed[on]):
+            grng = np.random.default_rng(int(gs))
+            rmag = float(np.interp(grng.uniform() * total_density, cum, mags_grid))
+            hlr = float(10.0 ** (-0.15 * (rmag - 22.0) - 0.25 + grng.normal(0, 0.2)))
+            hlr = min(max(hlr, 0.08), 8.0)
+            n = float(grng.choice(_SERSIC_N, p=_SERSIC_P))
+            e = min(grng.rayleigh(0.25), 0.7)
+            beta = grng.uniform(0, 180.0)
+            mag = rmag + colour
+            flux_e = float(to_e(mag))
+            gal = galsim.Sersic(
+                n=n, half_light_radius=hlr, flux=flux_e, gsparams=gsparams, trunc=8 * hlr if n >= 2 else 0.0
+            )
+            gal = gal.shear(e=e, beta=beta * galsim.degrees)
+            stamp = _stamp_size(flux_e, fwhm_px, extra=8.0 * hlr / PIXEL_SCALE_ARCSEC)
+            _add_profile(
+                canvas, galsim.Convolve(gal, psf, gsparams=gsparams), gx_ + dx, gy_ + dy, min(stamp, 257)
+            )
+            truth_rows.append(
+                {
+                    "type": "galaxy",
+                    "ra": gra_,
+                    "dec": gdec_,
+                    "x": gx_,
+                    "y": gy_,
+                    "mag": mag,
+                    "flux": flux_e * njy_per_e,
+                    "sersic_n": n,
+                    "half_light_radius": hlr,
+                    "ellipticity": e,
+                    "position_angle": beta,
+                }
+            )
+
+    return canvas.array.astype(np.float32), truth_rows, bright
+
+
 def simulate_detector(
     conditions: dict,
     detector: int,
@@ -600,9 +859,8 @@ def simulate_detector(
     result : `SimulatedDetector`
     """
     import astropy.time
-    import galsim
-
-    from .gaia import gaia_to_band, galactic_star_density
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
 
     params = params or SceneParameters()
     size = int(conditions["size"])
@@ -623,143 +881,23 @@ def simulate_detector(
     psf = make_true_psf(conditions)
     sigma_true = psf_moment_sigma(psf)
     sigma_model = sigma_true * (1.0 + conditions["psf_model_sigma_error"])
-    fwhm_px = conditions["seeing_fwhm_arcsec"] / PIXEL_SCALE_ARCSEC
-
-    canvas = galsim.ImageF(size, size, scale=PIXEL_SCALE_ARCSEC)
-    truth_rows: list[dict] = []
-    margin = 60.0
 
     def to_e(mag):
         return 10.0 ** (-0.4 * (np.asarray(mag) - 31.4)) / njy_per_e
 
-    # --- Stars from the catalog, moved by proper motion to the visit epoch.
     epoch = astropy.time.Time(conditions["datetime_begin"], scale="tai").jyear
-    if stars is not None and len(stars) > 0:
-        ra = np.asarray(stars["ra"], dtype=float)
-        dec = np.asarray(stars["dec"], dtype=float)
-        pmra = np.nan_to_num(np.asarray(stars["pmra"], dtype=float))
-        pmdec = np.nan_to_num(np.asarray(stars["pmdec"], dtype=float))
-        dt = epoch - 2016.0
-        dec_v = dec + pmdec * dt / 3.6e6
-        ra_v = ra + pmra * dt / 3.6e6 / np.cos(np.radians(dec))
-        x, y = wcs.wcs_world2pix(ra_v, dec_v, 0)
-        on = (x > -margin) & (x < size + margin) & (y > -margin) & (y < size + margin)
-        g = np.asarray(stars["phot_g_mean_mag"], dtype=float)
-        bp_rp = np.asarray(stars["bp_rp"], dtype=float)
-        on &= np.isfinite(g) & (g >= params.star_mag_bright)
-        mags = gaia_to_band(g[on], bp_rp[on], band)
-        ids = np.asarray(stars["source_id"])[on]
-        if catalog_mag_limit is None:
-            catalog_mag_limit = float(np.nanmax(g)) if np.isfinite(g).any() else 21.0
-        cat_stars = list(zip(x[on], y[on], ra_v[on], dec_v[on], mags, ids, [True] * int(on.sum())))
-    else:
-        cat_stars = []
-        catalog_mag_limit = catalog_mag_limit if catalog_mag_limit is not None else params.star_mag_bright
-    # --- Fainter stars, fixed on the sky, from the density model.
-    import astropy.units as u
-    from astropy.coordinates import SkyCoord
-
     centre = wcs.pixel_to_world(size / 2.0, size / 2.0)
-    b_deg = float(abs(centre.galactic.b.deg))
-    l_deg = float(centre.galactic.l.deg)
-    faint_density = params.star_density_scale * max(
-        galactic_star_density(b_deg, params.star_mag_limit, l_deg)
-        - galactic_star_density(b_deg, catalog_mag_limit, l_deg),
-        0.0,
+    model_e, truth_rows, bright = render_static_sky(
+        conditions,
+        stars,
+        psf,
+        wcs,
+        params=params,
+        catalog_mag_limit=catalog_mag_limit,
+        epoch=epoch,
+        point_source_area=4.0 * math.pi * sigma_true**2,
+        sky_variance=sky_level + read_noise**2,
     )
-    fra, fdec, fseed = _draw_in_cells(wcs, size, margin, survey_seed, 1, 0.05, lambda d, r: faint_density)
-    if len(fra):
-        fx, fy = wcs.wcs_world2pix(fra, fdec, 0)
-        on = (fx > -margin) & (fx < size + margin) & (fy > -margin) & (fy < size + margin)
-        # Magnitudes follow the model's slope between the catalog limit and the faint limit.
-        grid = np.linspace(catalog_mag_limit, params.star_mag_limit, 64)
-        cum = np.array([galactic_star_density(b_deg, m, l_deg) for m in grid])
-        cum = (cum - cum[0]) / max(cum[-1] - cum[0], 1e-12)
-        u_draw = (fseed[on] % 10**6) / 1e6
-        fmag = np.interp(u_draw, cum, grid) + gaia_to_band(np.array([0.0]), np.array([1.2]), band)[0]
-        cat_stars += list(
-            zip(
-                fx[on],
-                fy[on],
-                fra[on],
-                fdec[on],
-                fmag,
-                -np.ones(int(on.sum()), dtype=np.int64),
-                [False] * int(on.sum()),
-            )
-        )
-    area = 4.0 * math.pi * sigma_true**2  # effective PSF area for point-source SNR
-    sky_var = sky_level + read_noise**2
-    bright = []
-    fast_psf = _oversampled_psf(psf, params.star_psf_oversampling) if params.star_psf_oversampling else None
-    for sx, sy, sra, sdec, smag, sid, in_cat in cat_stars:
-        flux_e = float(to_e(smag))
-        stamp = _stamp_size(flux_e, fwhm_px)
-        if fast_psf is not None and stamp <= _FAST_STAMP_MAX:
-            _add_profile(canvas, fast_psf.withFlux(flux_e), sx, sy, stamp, method="no_pixel")
-        else:
-            _add_profile(canvas, psf.withFlux(flux_e), sx, sy, stamp)
-        truth_rows.append(
-            {
-                "type": "star",
-                "ra": sra,
-                "dec": sdec,
-                "x": sx,
-                "y": sy,
-                "mag": smag,
-                "flux": flux_e * njy_per_e,
-                "catalog_id": int(sid),
-                "in_catalog": bool(in_cat),
-                "nu_psf": flux_e / math.sqrt(area * sky_var),
-            }
-        )
-        if smag < params.spike_mag_limit:
-            bright.append((sx, sy, flux_e, len(truth_rows) - 1))
-
-    # --- Galaxies: broken power-law counts, size-magnitude relation, Sersic profiles.
-    colour = _GALAXY_COLOUR[band]
-    mags_grid = np.linspace(16.0, params.galaxy_mag_limit, 200)
-    dens = galaxy_number_density(mags_grid) * params.galaxy_density_scale
-    cum = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(mags_grid))])
-    total_density = float(cum[-1])
-    gra, gdec, gseed = _draw_in_cells(wcs, size, margin, survey_seed, 2, 0.05, lambda d, r: total_density)
-    if len(gra):
-        gx, gy = wcs.wcs_world2pix(gra, gdec, 0)
-        on = (gx > -margin) & (gx < size + margin) & (gy > -margin) & (gy < size + margin)
-        gsparams = galsim.GSParams(**params.sersic_gsparams)
-        for gx_, gy_, gra_, gdec_, gs in zip(gx[on], gy[on], gra[on], gdec[on], gseed[on]):
-            grng = np.random.default_rng(int(gs))
-            rmag = float(np.interp(grng.uniform() * total_density, cum, mags_grid))
-            hlr = float(10.0 ** (-0.15 * (rmag - 22.0) - 0.25 + grng.normal(0, 0.2)))
-            hlr = min(max(hlr, 0.08), 8.0)
-            n = float(grng.choice(_SERSIC_N, p=_SERSIC_P))
-            e = min(grng.rayleigh(0.25), 0.7)
-            beta = grng.uniform(0, 180.0)
-            mag = rmag + colour
-            flux_e = float(to_e(mag))
-            gal = galsim.Sersic(
-                n=n, half_light_radius=hlr, flux=flux_e, gsparams=gsparams, trunc=8 * hlr if n >= 2 else 0.0
-            )
-            gal = gal.shear(e=e, beta=beta * galsim.degrees)
-            stamp = _stamp_size(flux_e, fwhm_px, extra=8.0 * hlr / PIXEL_SCALE_ARCSEC)
-            _add_profile(canvas, galsim.Convolve(gal, psf, gsparams=gsparams), gx_, gy_, min(stamp, 257))
-            truth_rows.append(
-                {
-                    "type": "galaxy",
-                    "ra": gra_,
-                    "dec": gdec_,
-                    "x": gx_,
-                    "y": gy_,
-                    "mag": mag,
-                    "flux": flux_e * njy_per_e,
-                    "sersic_n": n,
-                    "half_light_radius": hlr,
-                    "ellipticity": e,
-                    "position_angle": beta,
-                }
-            )
-
-    model_e = canvas.array.astype(np.float32)  # stars and galaxies, noiseless
 
     # --- Diffraction spikes of bright stars (the spider rotates with the camera).
     spike_angle = 45.0 + conditions["rotation_deg"]
@@ -990,6 +1128,122 @@ def simulate_detector(
         psf_sigma_model=sigma_model,
         nJy_per_adu=nJy_per_adu,
         background_nJy=background_nJy,
+        summary=summary,
+    )
+
+
+def simulate_template(
+    conditions: dict,
+    detector: int,
+    stars,
+    *,
+    params: SceneParameters | None = None,
+    template: TemplateParameters | None = None,
+    catalog_mag_limit: float | None = None,
+) -> SimulatedDetector:
+    """Simulate the template of one detector of one visit: the static sky, deep and sharp.
+
+    Parameters
+    ----------
+    conditions : `dict`
+        Conditions of the visit the template is warped to.
+    detector : `int`
+        Detector ID.
+    stars : `astropy.table.Table`
+        Star catalog (as for `simulate_detector`).
+    params : `SceneParameters`, optional
+        Physical recipe; must be the visit's for the two to show one sky.
+    template : `TemplateParameters`, optional
+        How the template differs from the visit.
+    catalog_mag_limit : `float`, optional
+        Faint limit (G) of the catalog.
+
+    Returns
+    -------
+    result : `SimulatedDetector`
+        The template on the visit's pixel grid, in the visit's nJy, with
+        its own PSF (``psf_sigma_true``, ``psf_sigma_model``) and a
+        variance plane; ``truth`` lists its stars and galaxies.
+    """
+    import astropy.time
+
+    from .survey import sky_electrons_per_pixel
+
+    params = params or SceneParameters()
+    template = template or TemplateParameters()
+    size = int(conditions["size"])
+    rng = np.random.default_rng([int(conditions["seed"]), detector, 71])
+    wcs = detector_wcs(
+        conditions["boresight_ra"], conditions["boresight_dec"], conditions["rotation_deg"], detector, size
+    )
+    njy_per_e = conditions["nJy_per_electron"]
+    sky_level = sky_electrons_per_pixel(
+        conditions["sky_mag"], conditions["band"], conditions["exposure_time"], conditions["airmass"]
+    )
+    sky_var = sky_level + conditions["read_noise"] ** 2
+    coadd = dict(conditions, seeing_fwhm_arcsec=template.fwhm_arcsec, psf_g1=0.0, psf_g2=0.0)
+    psf = make_true_psf(coadd)
+    sigma_true = psf_moment_sigma(psf)
+    sigma_model = sigma_true * (1.0 + rng.normal(0.0, template.psf_model_sigma_rms))
+    offset = tuple(rng.normal(0.0, template.registration_rms_px, size=2))
+    epoch = astropy.time.Time(conditions["datetime_begin"], scale="tai").jyear + template.epoch_offset_years
+    survey_seed, visit_seed = int(conditions["survey_seed"]), int(conditions["seed"])
+
+    def mean_over_visit(key: int) -> float:
+        """The template's flux of a star over the visit's: 1 unless the star is variable."""
+        if np.random.default_rng([survey_seed, 5, key % 2**62]).uniform() >= template.variable_fraction:
+            return 1.0
+        delta_mag = np.random.default_rng([visit_seed, 6, key % 2**62]).normal(0.0, template.variable_rms_mag)
+        return float(10.0 ** (0.4 * delta_mag))
+
+    model_e, truth_rows, _ = render_static_sky(
+        conditions,
+        stars,
+        psf,
+        wcs,
+        params=params,
+        catalog_mag_limit=catalog_mag_limit,
+        epoch=epoch,
+        point_source_area=4.0 * math.pi * sigma_true**2,
+        sky_variance=sky_var / template.depth,
+        stamp_fwhm_px=max(conditions["seeing_fwhm_arcsec"], template.fwhm_arcsec) / PIXEL_SCALE_ARCSEC,
+        offset=offset,
+        star_flux_factor=mean_over_visit if template.variable_fraction > 0 else None,
+    )
+    variance_e = (sky_var + np.maximum(model_e, 0.0)) / template.depth
+    noisy = model_e + rng.standard_normal(model_e.shape, dtype=np.float32) * np.sqrt(variance_e)
+    corners = wcs.wcs_pix2world(
+        np.array([0, size - 1, size - 1, 0.0]), np.array([0, 0, size - 1, size - 1.0]), 0
+    )
+    centre = wcs.pixel_to_world(size / 2.0, size / 2.0)
+    nJy_per_adu = conditions["gain"] * njy_per_e
+    summary = {
+        "psfSigma": sigma_model,
+        "psfArea": 4.0 * math.pi * sigma_model**2,
+        "ra": float(centre.ra.deg),
+        "dec": float(centre.dec.deg),
+        "pixelScale": PIXEL_SCALE_ARCSEC,
+        "expTime": conditions["exposure_time"] * template.depth,
+        "zeroPoint": 31.4 + 2.5 * math.log10(1.0 / nJy_per_adu),
+        "skyBg": 0.0,
+        "skyNoise": math.sqrt(sky_var / template.depth) / conditions["gain"],
+        "meanVar": float(np.mean(variance_e)) / conditions["gain"] ** 2,
+        "raCorners": tuple(float(v) for v in corners[0]),
+        "decCorners": tuple(float(v) for v in corners[1]),
+        "nPsfStar": int(sum(1 for r in truth_rows if r["type"] == "star" and 17 < r["mag"] < 21)),
+    }
+    truth = _truth_table(truth_rows, size)
+    return SimulatedDetector(
+        image=(noisy * njy_per_e).astype(np.float32),
+        variance=(variance_e * njy_per_e**2).astype(np.float32),
+        masks={},
+        model=(model_e * njy_per_e).astype(np.float32),
+        truth=truth,
+        wcs=wcs,
+        psf_sigma_true=sigma_true,
+        psf_sigma_model=sigma_model,
+        nJy_per_adu=nJy_per_adu,
+        background_nJy=0.0,
         summary=summary,
     )
 
