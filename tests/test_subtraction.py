@@ -329,6 +329,84 @@ class SourceSearchTestCase(lsst.utils.tests.TestCase):
         self.assertFloatsAlmostEqual(float(found["width_ratio"]), 1.0, atol=0.25)
         self.assertTrue(np.isnan(catalog["peak_snr"][catalog["origin"] != "source"]).all())
 
+    def test_template_snr(self):
+        import torch
+
+        from lsst.trail_detect.detection.detect import detect_trails, load_network
+        from lsst.trail_detect.models.storage import TrailDetectorModel
+        from lsst.trail_detect.paths import default_model_path
+
+        torch.set_num_threads(1)
+        network = load_network(TrailDetectorModel.load(default_model_path()), "cpu")
+        image, variance = self.make_image()
+        xx, yy = grid(image.shape)
+        # A variable star: a point source in the difference image on a star of the template.
+        image += 150.0 * trail_model(xx, yy, 100.0, 60.0, 100.0, 60.0, self.SIGMA)
+        template = 2000.0 * trail_model(xx, yy, 100.0, 60.0, 100.0, 60.0, 1.2)
+        template = (template + np.random.default_rng(1).normal(0, 0.3, image.shape)).astype(np.float32)
+        result = detect_trails(
+            image,
+            variance,
+            network=network,
+            psf_sigma=self.SIGMA,
+            keep_rejected=True,
+            source_search=SourceSearchConfig(),
+            template=(template, np.full(image.shape, 0.09, np.float32), 1.2),
+        )
+        catalog = result.catalog[result.catalog["origin"] == "source"]
+        on_star = catalog[(np.abs(catalog["x"] - 100) < 3) & (np.abs(catalog["y"] - 60) < 3)]
+        trail = catalog[(np.abs(catalog["x"] - 50) < 3) & (np.abs(catalog["y"] - 52) < 3)]
+        self.assertGreater(float(on_star["template_snr"][0]), 100.0)
+        self.assertLess(float(trail["template_snr"][0]), 5.0)
+        # A calibration that weighs the template cannot be used without one.
+        calibration = {
+            "method": "logistic",
+            "features": ["score_raw", "template_snr"],
+            "coef": [1.0, -1.0],
+            "intercept": 0.0,
+            "mean": [0.0, 0.0],
+            "scale": [1.0, 1.0],
+        }
+        with self.assertRaisesRegex(ValueError, "uses the template"):
+            detect_trails(
+                image,
+                variance,
+                network=network,
+                psf_sigma=self.SIGMA,
+                source_search=SourceSearchConfig(),
+                source_score_calibration=calibration,
+            )
+        with self.assertRaisesRegex(ValueError, "template shape"):
+            detect_trails(
+                image,
+                variance,
+                network=network,
+                psf_sigma=self.SIGMA,
+                template=(template[:10], template, 1.2),
+            )
+
+    def test_model_settings(self):
+        from lsst.trail_detect.detection.detect import model_settings
+        from lsst.trail_detect.models.storage import TrailDetectorModel
+        from lsst.trail_detect.paths import default_model_path
+
+        shipped = TrailDetectorModel.load(default_model_path())
+        visit = model_settings(shipped)
+        self.assertIsNone(visit["source_search"])
+        metadata = {k: v for k, v in shipped.metadata.items() if k != "difference"}
+        bare = TrailDetectorModel(
+            kind=shipped.kind, architecture=shipped.architecture, tensors=shipped.tensors, metadata=metadata
+        )
+        with self.assertRaisesRegex(ValueError, "no calibration for difference images"):
+            model_settings(bare, calibration="difference")
+        with self.assertRaisesRegex(ValueError, "unknown calibration"):
+            model_settings(shipped, calibration="coadd")
+        if "difference" in shipped.metadata:
+            difference = model_settings(shipped, calibration="difference")
+            self.assertIsInstance(difference["source_search"], SourceSearchConfig)
+            self.assertIn("template_snr", difference["source_score_calibration"]["features"])
+            self.assertNotEqual(difference["min_score"], visit["min_score"])
+
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass

@@ -702,8 +702,40 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
             self.assertEqual(len(refs), VISITS * DETECTORS)
             for ref in refs:
                 self.assertLess(len(butler.get(ref)), len(self.butler.get("source", ref.dataId)))
-        matches = butler.get("trail_matches", butler.query_datasets("trail_matches", limit=None)[0].dataId)
-        self.assertIn("source", set(matches["det_origin"][matches["detected"]]) | {"source"})
+        # The model's calibration for difference images was used: it runs the source search.
+        ref = butler.query_datasets("trail_catalog", limit=None)[0]
+        metadata = butler.get("detectTrails_metadata", ref.dataId)["detectTrails"]
+        self.assertIn("seconds_source_search", metadata)
+        # A calibration for difference images, made on these images, is stored beside the visit one.
+        from lsst.trail_detect.models.storage import TrailDetectorModel
+        from lsst.trail_detect.paths import default_model_path
+
+        out = os.path.join(self.tmp, "difference_calibrated.safetensors")
+        proc = run_cli(
+            "calibrate",
+            self.repo,
+            out,
+            "--collections",
+            output,
+            "--model",
+            str(default_model_path()),
+            "--split",
+            "all",
+            "--image-type",
+            "injected_difference_image",
+            "--calibration",
+            "difference",
+            "--source-search",
+            "--folds",
+            "1",
+        )
+        self.assertIn("Calibrated on 4 images", proc.stdout)
+        shipped, calibrated = TrailDetectorModel.load(default_model_path()), TrailDetectorModel.load(out)
+        self.assertEqual(calibrated.metadata["score_calibration"], shipped.metadata["score_calibration"])
+        self.assertIn("source_search", calibrated.metadata["difference"])
+        self.assertNotIn("line_search", calibrated.metadata["difference"])
+        provenance = calibrated.metadata["difference"]["score_calibration"]["validation"]["provenance"]
+        self.assertEqual(provenance["image_type"], "injected_difference_image")
         del butler
 
 

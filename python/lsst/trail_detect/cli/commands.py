@@ -401,8 +401,27 @@ def _load_trail_model(model_path):
     help="Keep rejected candidates in the catalog with the reason.",
 )
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write the PNG.")
+@click.option(
+    "--calibration",
+    type=click.Choice(["visit", "difference"]),
+    default="visit",
+    show_default=True,
+    help="The model's calibration: for calibrated visit images, or for difference images (adds the source "
+    "search for short trails).",
+)
 def detect_fits(
-    files, out_dir, model_path, psf_fwhm, hdu, threshold, min_score, threads, device, keep_rejected, plot
+    files,
+    out_dir,
+    model_path,
+    psf_fwhm,
+    hdu,
+    threshold,
+    min_score,
+    threads,
+    device,
+    keep_rejected,
+    plot,
+    calibration,
 ):
     """Find trails in FITS images from any telescope.
 
@@ -444,6 +463,7 @@ def detect_fits(
                 settings=settings,
                 keep_rejected=keep_rejected,
                 plot=plot,
+                calibration=calibration,
             )
         except (OSError, ValueError) as err:
             failures += 1
@@ -480,7 +500,8 @@ def detect_fits(
     "--split",
     default="validation",
     show_default=True,
-    help="Split(s) whose images are used, comma-separated (e.g. validation,test).",
+    help="Split(s) whose images are used, comma-separated (e.g. validation,test), or 'all' for a survey "
+    "that training never saw.",
 )
 @click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the split assignment.")
 @click.option("--where", default="", help="Butler query restricting the data IDs.")
@@ -535,6 +556,13 @@ def detect_fits(
     "other is kept).",
 )
 @click.option(
+    "--template-type",
+    default=None,
+    help="Dataset type of the templates of difference images, whose SNR under each candidate the "
+    "calibration weighs (default: template_detector with --calibration difference; 'none' to leave "
+    "them out).",
+)
+@click.option(
     "--image-type",
     default="injected_visit_image",
     show_default=True,
@@ -565,6 +593,7 @@ def calibrate(
     source_search,
     source_search_config,
     target,
+    template_type,
     image_type,
     folds,
 ):
@@ -609,6 +638,10 @@ def calibrate(
     elif source_search_config:
         raise click.UsageError("--source-search-config needs --source-search.")
 
+    if template_type is None:
+        template_type = "template_detector" if target == "difference" else None
+    elif template_type.lower() == "none":
+        template_type = None
     if threads > 0:
         torch.set_num_threads(threads)
     butler = Butler.from_config(repo, collections=collections.split(","))
@@ -623,7 +656,14 @@ def calibrate(
     try:
         calibrated, summary = calibrate_trail_model(
             model,
-            butler_samples(butler, split=split, split_seed=split_seed, where=where, image_type=image_type),
+            butler_samples(
+                butler,
+                split=split,
+                split_seed=split_seed,
+                where=where,
+                image_type=image_type,
+                template_type=template_type,
+            ),
             max_fp_per_detector=max_fp,
             method=method,
             provenance={
@@ -631,6 +671,7 @@ def calibrate(
                 "split": split,
                 "split_seed": split_seed,
                 "image_type": image_type,
+                "template_type": template_type,
             },
             line_search=search,
             source_search=sources,
@@ -642,7 +683,7 @@ def calibrate(
         raise _fail(err) from err
     calibrated.save(out)
     click.echo(
-        f"Calibrated on {summary['n_images']} {split} images "
+        f"Calibrated on {summary['n_images']} {'' if split == 'all' else split + ' '}images "
         f"({summary['area_4k_detectors']:.2f} 4k detectors): "
         f"{summary['n_matched']} of {summary['n_truth']} injected trails matched, "
         f"{summary['false_positives_per_4k_detector']:.1f} false positives per 4k detector; min_score "

@@ -36,7 +36,13 @@ positives per 4k x 4k-equivalent detector stay within a budget.
 
 from __future__ import annotations
 
-__all__ = ("CalibrationSample", "butler_samples", "calibrate_trail_model", "choose_min_score")
+__all__ = (
+    "CalibrationSample",
+    "butler_samples",
+    "calibrate_trail_model",
+    "choose_min_score",
+    "template_arrays",
+)
 
 import copy
 import dataclasses
@@ -51,6 +57,7 @@ from .detect import (
     LINE_SCORE_FEATURES,
     SCORE_FEATURES,
     SOURCE_SCORE_FEATURES,
+    TEMPLATE_FEATURE,
     apply_score_calibration,
     detect_trails,
     fit_score_calibration,
@@ -83,6 +90,9 @@ class CalibrationSample:
         Mask planes as for `~.detect.detect_trails`.
     label : `str`
         Name for messages (e.g. the data ID).
+    template : `tuple`, optional
+        ``(image, variance, psf_sigma)`` of the template of a difference
+        image, as for `~.detect.detect_trails`.
     """
 
     image: np.ndarray
@@ -93,6 +103,7 @@ class CalibrationSample:
     saturated: np.ndarray | None = None
     no_data: np.ndarray | None = None
     label: str = ""
+    template: tuple | None = None
 
 
 def choose_min_score(
@@ -252,6 +263,7 @@ def calibrate_trail_model(
         + (("source",) if source_search is not None else ())
     )
     features = {"cnn": SCORE_FEATURES, "line": LINE_SCORE_FEATURES, "source": SOURCE_SCORE_FEATURES}
+    with_template = None
     if folds < 1:
         raise ValueError(f"folds must be at least 1, not {folds}.")
     if target not in ("visit", "difference"):
@@ -262,6 +274,14 @@ def calibrate_trail_model(
     n_images = 0
     pixels = 0
     for sample in samples:
+        if with_template is None:
+            # Difference images with their templates: every source's calibration also weighs what
+            # lies under the candidate in the template.
+            with_template = sample.template is not None
+            if with_template:
+                features = {origin: tuple(names) + (TEMPLATE_FEATURE,) for origin, names in features.items()}
+        elif with_template != (sample.template is not None):
+            raise ValueError(f"{sample.label}: either every calibration image has a template or none has.")
         result = detect_trails(
             sample.image,
             sample.variance,
@@ -276,6 +296,7 @@ def calibrate_trail_model(
             keep_rejected=True,
             line_search=line_search,
             source_search=source_search,
+            template=sample.template,
             workers=workers,
         )
         catalog = result.catalog
@@ -430,16 +451,20 @@ def butler_samples(
     image_type: str = "injected_visit_image",
     truth_type: str = "injected_visit_image_catalog",
     detect_config=None,
+    template_type: str | None = None,
 ):
     """Yield `CalibrationSample` for the (visit, detector) pairs of one split in a repository.
 
     ``split`` may name several splits, comma-separated (``validation,test``:
-    every image the training never saw). The split is the deterministic
+    every image the training never saw), or be ``all``: every image, for a
+    survey that no training saw. The split is the deterministic
     assignment the tile builders use
     (`~lsst.trail_detect.tiles.tiling.assign_split` with the same fractions
     and seed), so validation images are never training images. The mask
     planes are read as ``detect_config`` (a
     `~.detect_trails.DetectTrailsConfig`, default: its defaults) says.
+    With ``template_type`` (e.g. ``template_detector``) each sample also
+    carries the template of its difference image.
     """
     from ..imageutils import psf_sigma, shift_pixel_columns
     from ..tiles.tiling import assign_split
@@ -447,9 +472,10 @@ def butler_samples(
 
     detect_config = detect_config if detect_config is not None else DetectTrailsConfig()
     splits = {name.strip() for name in split.split(",")}
-    unknown = splits - {"train", "validation", "test"}
+    every = splits == {"all"}
+    unknown = splits - {"train", "validation", "test"} if not every else set()
     if unknown:
-        raise ValueError(f"unknown split(s) {sorted(unknown)}; use train, validation or test.")
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; use train, validation, test or all.")
     if "train" in splits:
         _LOG.warning("Calibrating on training images: the scores will be too optimistic.")
 
@@ -459,12 +485,15 @@ def butler_samples(
     )
     for ref in refs:
         visit, detector = int(ref.dataId["visit"]), int(ref.dataId["detector"])
-        if assign_split(visit, detector, tuple(split_fractions), split_seed) not in splits:
+        if not every and assign_split(visit, detector, tuple(split_fractions), split_seed) not in splits:
             continue
         exposure = butler.get(ref)
         truth = butler.get(truth_type, ref.dataId)
         bad, saturated, no_data = detect_config.planes(exposure)
         truth = shift_pixel_columns(truth, -exposure.bbox.x.start, -exposure.bbox.y.start)
+        template = None
+        if template_type:
+            template = template_arrays(butler.get(template_type, ref.dataId), exposure)
         yield CalibrationSample(
             image=exposure.image.array,
             variance=exposure.variance.array,
@@ -474,4 +503,23 @@ def butler_samples(
             saturated=saturated,
             no_data=no_data,
             label=f"visit {visit} detector {detector}",
+            template=template,
         )
+
+
+def template_arrays(template, exposure) -> tuple[np.ndarray, np.ndarray, float]:
+    """The ``(image, variance, psf_sigma)`` of a template for `~.detect.detect_trails`.
+
+    Raises
+    ------
+    ValueError
+        If the template is not on the image's pixel grid.
+    """
+    from ..imageutils import psf_sigma
+
+    if template.bbox != exposure.bbox:
+        raise ValueError(f"template bounding box {template.bbox} does not match the image's {exposure.bbox}.")
+    variance = np.array(template.variance.array, dtype=np.float32)
+    if "NO_DATA" in template.mask.schema.names:
+        variance[template.mask.get("NO_DATA")] = np.nan
+    return np.asarray(template.image.array, dtype=np.float32), variance, psf_sigma(template)

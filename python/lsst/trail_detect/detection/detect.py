@@ -134,6 +134,12 @@ TRAIL_CATALOG_COLUMNS: dict[str, tuple[Any, str | None, str]] = {
         "subtraction residual or dipole lies next to it (NaN for the others).",
     ),
     "width_ratio": (np.float64, None, "Fitted width across the trail in PSF widths (NaN if the fit failed)."),
+    "template_snr": (
+        np.float64,
+        None,
+        "Difference images: the highest PSF-filtered SNR of the template within 1.5 PSF sigmas of the "
+        "segment, high where a static source lies under the candidate (NaN without a template).",
+    ),
     "max_probability": (np.float64, None, "Highest network probability in the trail's pixels."),
     "n_pixels": (np.int64, None, "Pixels above the hysteresis threshold."),
     "n_fragments": (np.int64, None, "Components merged into this trail."),
@@ -316,8 +322,13 @@ _FEATURE_TRANSFORMS = {
     "line_snr": ("half_square", 0.0),
     "line_snr_trim": ("half_square", 0.0),
     "negative_snr": ("negative_log", 0.0),
-    "width_ratio": ("log_ratio", 0.2),
+    "width_ratio": ("abs_log_ratio", 0.2),
+    "template_snr": ("log", 1.0),
 }
+
+#: The property a calibration for difference images adds to every source's: the highest
+#: PSF-filtered SNR of the template along the candidate (a static source under it).
+TEMPLATE_FEATURE = "template_snr"
 
 
 def score_features(values: Any, features: tuple[str, ...] | list[str] = SCORE_FEATURES) -> np.ndarray:
@@ -331,8 +342,10 @@ def score_features(values: Any, features: tuple[str, ...] | list[str] = SCORE_FE
         as logs, ``line_snr`` and ``line_snr_trim`` as half their
         squares (the log-odds of a Gaussian noise tail, which is what the
         line search's false candidates are; NaN, not measured, as 0),
-        ``negative_snr`` as ``log(1 + max(-value, 0))`` and ``width_ratio``
-        as its log clipped to [0.2, 5] (NaN, no fit, as 1).
+        ``negative_snr`` as ``log(1 + max(-value, 0))``, ``width_ratio``
+        as the absolute value of its log clipped to [0.2, 5] (too narrow and
+        too wide both count against; NaN, no fit, as 1) and
+        ``template_snr`` as a log clipped at 1.
     features : sequence of `str`, optional
         `SCORE_FEATURES` (the default), `LINE_SCORE_FEATURES` or
         `SOURCE_SCORE_FEATURES`.
@@ -351,9 +364,9 @@ def score_features(values: Any, features: tuple[str, ...] | list[str] = SCORE_FE
             columns.append(np.log(np.clip(value, transform[1], None)))
         elif transform[0] == "negative_log":
             columns.append(np.log1p(np.clip(-np.nan_to_num(value, nan=0.0), 0.0, None)))
-        elif transform[0] == "log_ratio":
+        elif transform[0] == "abs_log_ratio":
             value = np.where(np.isfinite(value), value, 1.0)
-            columns.append(np.log(np.clip(value, transform[1], 1.0 / transform[1])))
+            columns.append(np.abs(np.log(np.clip(value, transform[1], 1.0 / transform[1]))))
         else:  # half_square: the log-odds of a Gaussian noise tail; NaN (not measured) as no evidence
             value = np.where(np.isnan(value), transform[1], value)
             columns.append(0.5 * np.clip(value, transform[1], None) ** 2)
@@ -548,6 +561,16 @@ def band_probability(candidate: TrailCandidate, probability: np.ndarray, half_wi
     return float(values.max()) if values.size else 0.0
 
 
+def band_maximum(candidate: TrailCandidate, values: np.ndarray, half_width: float) -> float:
+    """Highest value of a map within ``half_width`` of a segment, also past its ends."""
+    c = candidate
+    box, inside = segment_band(
+        values.shape, c.x_start, c.y_start, c.x_end, c.y_end, half_width, extend=half_width
+    )
+    inner = values[box][inside]
+    return float(inner.max()) if inner.size else 0.0
+
+
 def _properties(c: TrailCandidate) -> dict[str, list[float]]:
     return {
         "score_raw": [c.score_raw],
@@ -558,6 +581,7 @@ def _properties(c: TrailCandidate) -> dict[str, list[float]]:
         "line_snr_trim": [c.line_snr_trim],
         "negative_snr": [c.negative_snr],
         "width_ratio": [c.width_ratio],
+        "template_snr": [c.template_snr],
     }
 
 
@@ -613,6 +637,7 @@ def detect_trails(
     line_score_calibration: Mapping[str, Any] | None = None,
     source_search: SourceSearchConfig | None = None,
     source_score_calibration: Mapping[str, Any] | None = None,
+    template: tuple[np.ndarray, np.ndarray, float] | None = None,
     workers: int = 1,
 ) -> DetectionResult:
     """Find the trails in one image.
@@ -678,6 +703,10 @@ def detect_trails(
         search's are.
     source_score_calibration : `dict`, optional
         From `fit_score_calibration` with `SOURCE_SCORE_FEATURES`.
+    template : `tuple`, optional
+        ``(image, variance, psf_sigma)`` of the template a difference image
+        was made with, on its pixel grid: each candidate's ``template_snr``
+        is measured on it. Needed by calibrations that use that property.
     workers : `int`, optional
         Threads of the line search's FFTs.
 
@@ -696,6 +725,31 @@ def detect_trails(
         raise ValueError(f"variance shape {variance.shape} differs from the image shape {image.shape}.")
     if not (np.isfinite(psf_sigma) and psf_sigma > 0):
         raise ValueError(f"the PSF sigma must be a positive number of pixels, not {psf_sigma}.")
+    for name, calib in (
+        ("network", score_calibration),
+        ("line search", line_score_calibration),
+        ("source search", source_score_calibration),
+    ):
+        if template is None and calib and TEMPLATE_FEATURE in calib.get("features", ()):
+            raise ValueError(
+                f"the {name} score calibration uses the template ({TEMPLATE_FEATURE}); give the template "
+                "the difference image was made with."
+            )
+    template_snr_map = None
+    if template is not None:
+        from ..simulation.stack_detection import psf_filter_snr
+
+        template_image, template_variance, template_sigma = template
+        if np.shape(template_image) != image.shape or np.shape(template_variance) != image.shape:
+            raise ValueError(
+                f"template shape {np.shape(template_image)} differs from the image shape {image.shape}."
+            )
+        template_snr_map, _ = psf_filter_snr(
+            np.asarray(template_image, dtype=np.float32),
+            np.asarray(template_variance, dtype=np.float32),
+            float(template_sigma),
+        )
+        template_snr_map = np.nan_to_num(template_snr_map, nan=0.0, posinf=0.0, neginf=0.0)
     invalid = ~np.isfinite(image) | ~np.isfinite(variance) | ~(variance > 0)
     bad = invalid if bad is None else (np.asarray(bad, dtype=bool) | invalid)
     good = ~bad
@@ -768,6 +822,8 @@ def detect_trails(
         if from_source:
             fitted.max_probability = band_probability(fitted, probability, 2.0 * psf_sigma)
         fitted.width_ratio = fitted.width_sigma / psf_sigma if fitted.fit_ok else float("nan")
+        if template_snr_map is not None:
+            fitted.template_snr = band_maximum(fitted, template_snr_map, 1.5 * psf_sigma)
         fitted.rejected = classify_candidate(
             fitted, psf_sigma, source_config if from_source else config, saturated, blobs
         )
@@ -840,6 +896,7 @@ def detect_trails(
                 "peak_snr": c.peak_snr,
                 "negative_snr": c.negative_snr,
                 "width_ratio": c.width_ratio,
+                "template_snr": c.template_snr,
                 "n_pixels": int(c.pixels_x.size),
                 "n_fragments": c.n_fragments,
                 "flag_edge": _near_edge(c, image.shape, no_data, edge_margin),

@@ -55,6 +55,12 @@ class DetectTrailsConnections(
         storageClass="TrailDetectorModel",
         dimensions=(),
     )
+    template = cT.Input(
+        doc="Template the difference image was made with (use_template), on its pixel grid.",
+        name="template_detector",
+        storageClass="VisitImage",
+        dimensions=("instrument", "visit", "detector"),
+    )
     probability = cT.Output(
         doc="Per-pixel trail probability from the network (tiles blended).",
         name="trail_probability",
@@ -79,6 +85,8 @@ class DetectTrailsConnections(
         super().__init__(config=config)
         if config is not None and not config.write_probability:
             del self.probability
+        if config is not None and not config.use_template:
+            del self.template
 
 
 class DetectTrailsConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DetectTrailsConnections):
@@ -169,6 +177,11 @@ class DetectTrailsConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Detect
         },
         default="visit",
     )
+    use_template = pexConfig.Field[bool](
+        doc="Read the template of the difference image searched (connection template) and measure each "
+        "candidate's template_snr; calibrations for difference images need it.",
+        default=False,
+    )
     source_search = pexConfig.Field[bool](
         doc="Also take every significant source as a candidate, when the model carries a source search "
         "(models calibrated on difference images).",
@@ -246,12 +259,12 @@ class DetectTrailsTask(pipeBase.PipelineTask):
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
         inputs = butlerQC.get(inputRefs)
-        outputs = self.run(inputs["exposure"], inputs["model"])
+        outputs = self.run(inputs["exposure"], inputs["model"], template=inputs.get("template"))
         if not self.config.write_probability:
             del outputs.probability
         butlerQC.put(outputs, outputRefs)
 
-    def run(self, exposure, model) -> pipeBase.Struct:
+    def run(self, exposure, model, template=None) -> pipeBase.Struct:
         """Detect trails.
 
         Parameters
@@ -260,6 +273,8 @@ class DetectTrailsTask(pipeBase.PipelineTask):
             Calibrated image with variance, mask, PSF and WCS.
         model : `~lsst.trail_detect.models.storage.TrailDetectorModel`
             A ``trail`` model.
+        template : `lsst.images.VisitImage`, optional
+            Template of the difference image ``exposure`` (``use_template``).
 
         Returns
         -------
@@ -316,6 +331,11 @@ class DetectTrailsTask(pipeBase.PipelineTask):
             result.catalog.meta["psf_sigma"] = float(sigma)
             return self._package(result, exposure, model, threshold, sigma)
         network = load_network(model, c.device)
+        template_arrays_ = None
+        if template is not None:
+            from .calibration import template_arrays
+
+            template_arrays_ = template_arrays(template, exposure)
         result = detect_trails(
             image,
             variance,
@@ -330,6 +350,7 @@ class DetectTrailsTask(pipeBase.PipelineTask):
             config=c.postprocess_config(threshold),
             keep_rejected=c.keep_rejected,
             mask_nsigma=c.mask_nsigma,
+            template=template_arrays_,
             workers=max(c.threads, 1),
         )
         return self._package(result, exposure, model, threshold, sigma)

@@ -114,6 +114,7 @@ def detect_fits_file(
     config: PostprocessConfig | None = None,
     keep_rejected: bool = False,
     plot: bool = True,
+    calibration: str = "visit",
 ) -> FitsDetection:
     """Find trails in one FITS image and write its catalog (ECSV) and a PNG.
 
@@ -145,6 +146,9 @@ def detect_fits_file(
         Keep rejected candidates in the catalog, with the reason.
     plot : `bool`, optional
         Write the PNG.
+    calibration : `str`, optional
+        The model's calibration to use: ``"visit"`` (calibrated images) or
+        ``"difference"`` (difference images, with the source search).
 
     Returns
     -------
@@ -186,7 +190,9 @@ def detect_fits_file(
                 f"{source}: cannot measure the PSF width ({err}); give it with --psf-fwhm."
             ) from err
         psf_source = "measured from stars"
-    settings_from_model = model_settings(model, threshold=threshold, min_score=min_score)
+    settings_from_model = model_settings(
+        model, threshold=threshold, min_score=min_score, calibration=calibration
+    )
     if network is None:
         network = load_network(model, (settings or InferenceSettings()).device)
     pixel_to_sky = None

@@ -172,6 +172,7 @@ class TrailCandidate:
     peak_snr: float = float("nan")
     negative_snr: float = float("nan")
     width_ratio: float = float("nan")
+    template_snr: float = float("nan")
     score: float = float("nan")
 
     @property
