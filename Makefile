@@ -24,7 +24,7 @@ find_python = $(shell \
 
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint clean-demo train-default
+.PHONY: demo demo-difference test setup lint clean-demo train-default
 
 setup: $(STAMP)
 
@@ -61,15 +61,30 @@ demo: $(STAMP)
 	@echo "== Look further: $(VENV)/bin/butler query-datasets $(DEMO_DIR)/repo '*' --collections SimCam/runs/end_to_end"
 	@echo "   and README.md, 'Looking at the outputs'."
 
+# The same survey searched on difference images (after `make demo`): templates, subtraction, the search
+# with the model's calibration for difference images, matching and evaluation (pipelines/EndToEndDifference.yaml).
+demo-difference: $(STAMP)
+	@test -d $(DEMO_DIR)/repo || { echo "No $(DEMO_DIR)/repo: run 'make demo' first." >&2; exit 1; }
+	@echo "== Difference images: pipelines/EndToEndDifference.yaml (templates, injection, subtraction, detection, evaluation)"
+	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(DEMO_DIR)/repo -i SimCam/runs/survey,SimCam/defaults \
+	  -o SimCam/runs/difference -p pipelines/EndToEndDifference.yaml --register-dataset-types -j $(JOBS) \
+	  -c detectTrails:threads=1 \
+	  2>&1 | grep --line-buffered -E "Executed|Subtracted|Found [0-9]+ trails|Goals met|ERROR|rror:"
+	@echo "== Headline on difference images"
+	$(VENV)/bin/trail-detect report $(DEMO_DIR)/repo --collections SimCam/runs/difference --out $(DEMO_DIR)/report_difference
+
 # The shipped default model: a survey of TRAIN_VISITS x 9 detectors, its trail and star training sets, the
 # star detector and the trail segmenter pretrained from it, all from TRAIN_SEED; the model is calibrated with
 # the line search on the survey's validation and test images (never trained on) and copied into the package
-# (python/lsst/trail_detect/data/), where make-repo finds it.
+# (python/lsst/trail_detect/data/), where make-repo finds it; a second survey's difference images give its
+# calibration for difference images.
 TRAIN_DIR ?= build/train-default
 TRAIN_VISITS ?= 6
 TRAIN_SEED ?= 2026
 TRAIN_CONFIG ?= config/trainDefault.py
 TRAIN_STAR_CONFIG ?= config/trainStarDefault.py
+# The survey of difference images the model's calibration for them is made on (seeds no test uses).
+TRAIN_DIFFERENCE_SEED ?= 77
 train-default: $(STAMP)
 	rm -rf $(TRAIN_DIR) && mkdir -p $(TRAIN_DIR)
 	$(VENV)/bin/trail-detect make-repo $(TRAIN_DIR)/repo --visits $(TRAIN_VISITS) --detectors 9 --size 1024 \
@@ -87,6 +102,15 @@ train-default: $(STAMP)
 	$(VENV)/bin/trail-detect calibrate $(TRAIN_DIR)/repo python/lsst/trail_detect/data/trail_detector_default.safetensors \
 	  --collections SimCam/runs/train_default/data --model $(TRAIN_DIR)/trail_detector_uncalibrated.safetensors --method logistic --threads 2 \
 	  --split validation,test --line-search
+	$(VENV)/bin/trail-detect make-repo $(TRAIN_DIR)/difference_repo --visits 4 --detectors 6 --size 1024 \
+	  --seed $(TRAIN_DIFFERENCE_SEED) -j $(JOBS)
+	TRAIL_DETECT_DIR=$(CURDIR) $(VENV)/bin/pipetask run -b $(TRAIN_DIR)/difference_repo -i SimCam/runs/survey,SimCam/defaults \
+	  -o SimCam/runs/difference -p "pipelines/EndToEndDifference.yaml#templates,injection,subtraction" \
+	  -c generateTrailCatalog:seed=$(TRAIN_DIFFERENCE_SEED) -c injectTrails:noise_seed=$(TRAIN_DIFFERENCE_SEED) \
+	  --register-dataset-types -j $(JOBS)
+	$(VENV)/bin/trail-detect calibrate $(TRAIN_DIR)/difference_repo python/lsst/trail_detect/data/trail_detector_default.safetensors \
+	  --collections SimCam/runs/difference --model python/lsst/trail_detect/data/trail_detector_default.safetensors \
+	  --split all --line-search --source-search --image-type injected_difference_image --calibration difference --threads 2
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadscope --durations=15 tests
