@@ -608,8 +608,6 @@ def calibrate(
     --line-search, the line search's candidates get a calibration of their
     own and one min_score is chosen for both sources together.
     """
-    import json
-
     import torch
 
     from lsst.daf.butler import Butler
@@ -619,24 +617,8 @@ def calibrate(
     from ..detection.source_search import SourceSearchConfig
     from ..models.storage import TrailDetectorModel
 
-    search = None
-    if line_search:
-        try:
-            search = LineSearchConfig.from_dict(json.loads(line_search_config) if line_search_config else {})
-        except (ValueError, TypeError) as err:
-            raise click.BadParameter(str(err), param_hint="--line-search-config") from err
-    elif line_search_config:
-        raise click.UsageError("--line-search-config needs --line-search.")
-    sources = None
-    if source_search:
-        try:
-            sources = SourceSearchConfig.from_dict(
-                json.loads(source_search_config) if source_search_config else {}
-            )
-        except (ValueError, TypeError) as err:
-            raise click.BadParameter(str(err), param_hint="--source-search-config") from err
-    elif source_search_config:
-        raise click.UsageError("--source-search-config needs --source-search.")
+    search = _search_config(LineSearchConfig, line_search, line_search_config, "line-search")
+    sources = _search_config(SourceSearchConfig, source_search, source_search_config, "source-search")
 
     if template_type is None:
         template_type = "template_detector" if target == "difference" else None
@@ -699,6 +681,20 @@ def calibrate(
                 f"{label}: {'-' if value is None else f'{value:.3f}'}" for label, value in bins.items()
             )
         )
+
+
+def _search_config(config_class, enabled: bool, text: str | None, option: str):
+    """The search settings of ``--OPTION`` (with JSON from ``--OPTION-config``), or `None` when it is off."""
+    import json
+
+    if not enabled:
+        if text:
+            raise click.UsageError(f"--{option}-config needs --{option}.")
+        return None
+    try:
+        return config_class.from_dict(json.loads(text) if text else {})
+    except (ValueError, TypeError) as err:
+        raise click.BadParameter(str(err), param_hint=f"--{option}-config") from err
 
 
 @click.command("import-model")

@@ -886,7 +886,6 @@ def simulate_detector(
         return 10.0 ** (-0.4 * (np.asarray(mag) - 31.4)) / njy_per_e
 
     epoch = astropy.time.Time(conditions["datetime_begin"], scale="tai").jyear
-    centre = wcs.pixel_to_world(size / 2.0, size / 2.0)
     model_e, truth_rows, bright = render_static_sky(
         conditions,
         stars,
@@ -1099,24 +1098,17 @@ def simulate_detector(
         "INTERPOLATED": interp,
         "NO_DATA": no_data,
     }
-    corners = wcs.wcs_pix2world(
-        np.array([0, size - 1, size - 1, 0.0]), np.array([0, 0, size - 1, size - 1.0]), 0
+    summary = _summary_stats(
+        wcs,
+        size,
+        sigma_model,
+        truth_rows,
+        expTime=exptime,
+        zeroPoint=31.4 + 2.5 * math.log10(1.0 / nJy_per_adu),
+        skyBg=float(np.mean(sky_e)) / gain,
+        skyNoise=math.sqrt(sky_level + read_noise**2) / gain,
+        meanVar=float(np.nanmean(variance)) / nJy_per_adu**2,
     )
-    summary = {
-        "psfSigma": sigma_model,
-        "psfArea": 4.0 * math.pi * sigma_model**2,
-        "ra": float(centre.ra.deg),
-        "dec": float(centre.dec.deg),
-        "pixelScale": PIXEL_SCALE_ARCSEC,
-        "expTime": exptime,
-        "zeroPoint": 31.4 + 2.5 * math.log10(1.0 / nJy_per_adu),
-        "skyBg": float(np.mean(sky_e)) / gain,
-        "skyNoise": math.sqrt(sky_level + read_noise**2) / gain,
-        "meanVar": float(np.nanmean(variance)) / nJy_per_adu**2,
-        "raCorners": tuple(float(v) for v in corners[0]),
-        "decCorners": tuple(float(v) for v in corners[1]),
-        "nPsfStar": int(sum(1 for r in truth_rows if r["type"] == "star" and 17 < r["mag"] < 21)),
-    }
     return SimulatedDetector(
         image=image,
         variance=variance,
@@ -1130,6 +1122,26 @@ def simulate_detector(
         background_nJy=background_nJy,
         summary=summary,
     )
+
+
+def _summary_stats(wcs, size: int, sigma_model: float, truth_rows: list[dict], **values) -> dict:
+    """Summary statistics of a simulated image: PSF, pointing and corners, PSF stars, plus ``values``."""
+    corners = wcs.wcs_pix2world(
+        np.array([0, size - 1, size - 1, 0.0]), np.array([0, 0, size - 1, size - 1.0]), 0
+    )
+    centre = wcs.pixel_to_world(size / 2.0, size / 2.0)
+    summary = {
+        "psfSigma": sigma_model,
+        "psfArea": 4.0 * math.pi * sigma_model**2,
+        "ra": float(centre.ra.deg),
+        "dec": float(centre.dec.deg),
+        "pixelScale": PIXEL_SCALE_ARCSEC,
+        "raCorners": tuple(float(v) for v in corners[0]),
+        "decCorners": tuple(float(v) for v in corners[1]),
+        "nPsfStar": int(sum(1 for r in truth_rows if r["type"] == "star" and 17 < r["mag"] < 21)),
+    }
+    summary.update(values)
+    return summary
 
 
 def simulate_template(
@@ -1212,26 +1224,18 @@ def simulate_template(
     )
     variance_e = (sky_var + np.maximum(model_e, 0.0)) / template.depth
     noisy = model_e + rng.standard_normal(model_e.shape, dtype=np.float32) * np.sqrt(variance_e)
-    corners = wcs.wcs_pix2world(
-        np.array([0, size - 1, size - 1, 0.0]), np.array([0, 0, size - 1, size - 1.0]), 0
-    )
-    centre = wcs.pixel_to_world(size / 2.0, size / 2.0)
     nJy_per_adu = conditions["gain"] * njy_per_e
-    summary = {
-        "psfSigma": sigma_model,
-        "psfArea": 4.0 * math.pi * sigma_model**2,
-        "ra": float(centre.ra.deg),
-        "dec": float(centre.dec.deg),
-        "pixelScale": PIXEL_SCALE_ARCSEC,
-        "expTime": conditions["exposure_time"] * template.depth,
-        "zeroPoint": 31.4 + 2.5 * math.log10(1.0 / nJy_per_adu),
-        "skyBg": 0.0,
-        "skyNoise": math.sqrt(sky_var / template.depth) / conditions["gain"],
-        "meanVar": float(np.mean(variance_e)) / conditions["gain"] ** 2,
-        "raCorners": tuple(float(v) for v in corners[0]),
-        "decCorners": tuple(float(v) for v in corners[1]),
-        "nPsfStar": int(sum(1 for r in truth_rows if r["type"] == "star" and 17 < r["mag"] < 21)),
-    }
+    summary = _summary_stats(
+        wcs,
+        size,
+        sigma_model,
+        truth_rows,
+        expTime=conditions["exposure_time"] * template.depth,
+        zeroPoint=31.4 + 2.5 * math.log10(1.0 / nJy_per_adu),
+        skyBg=0.0,
+        skyNoise=math.sqrt(sky_var / template.depth) / conditions["gain"],
+        meanVar=float(np.mean(variance_e)) / conditions["gain"] ** 2,
+    )
     truth = _truth_table(truth_rows, size)
     return SimulatedDetector(
         image=(noisy * njy_per_e).astype(np.float32),
