@@ -60,14 +60,14 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-class SurveyRepoTestCase(lsst.utils.tests.TestCase):
-    """Build a small survey repository once with ``trail-detect make-repo`` and check it."""
+class SurveyRepoMixin:
+    """A small survey repository made once per test case with ``trail-detect make-repo``; pipelines on it."""
 
     @classmethod
-    def setUpClass(cls):
+    def make_survey(cls, prefix: str = "trail_detect_survey_"):
         from lsst.daf.butler import Butler
 
-        cls.tmp = tempfile.mkdtemp(prefix="trail_detect_survey_")
+        cls.tmp = tempfile.mkdtemp(prefix=prefix)
         cls.repo = os.path.join(cls.tmp, "repo")
         cls.proc = run_cli(
             "make-repo",
@@ -88,6 +88,84 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
             cls.butler.query_datasets("visit_image", limit=None),
             key=lambda r: (r.dataId["visit"], r.dataId["detector"]),
         )
+
+    def run_pipeline(self, name, output, inputs="SimCam/runs/survey,SimCam/defaults", extra=()):
+        from lsst.trail_detect.paths import package_dir, pipeline_path
+
+        pipeline = name if os.path.isabs(name) else str(pipeline_path(name))
+        exe = Path(sys.executable).parent / "pipetask"
+        cmd = [
+            str(exe) if exe.exists() else "pipetask",
+            "run",
+            "-b",
+            self.repo,
+            "-i",
+            inputs,
+            "-o",
+            output,
+            "-p",
+            pipeline,
+            "--register-dataset-types",
+            "-j",
+            "2",
+            *extra,
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=900,
+            env=dict(os.environ, TRAIL_DETECT_DIR=str(package_dir())),
+        )
+        self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
+        from lsst.daf.butler import Butler
+
+        return Butler.from_config(self.repo, collections=output)
+
+    def check_evaluation(self, butler, collection):
+        """EndToEnd's detection, matching and evaluation outputs, and the report made from them."""
+        self.assertEqual(len(butler.query_datasets("trail_catalog", limit=None)), VISITS * DETECTORS)
+        self.assertEqual(len(butler.query_datasets("hough_trail_catalog", limit=None)), VISITS * DETECTORS)
+        n_truth = 0
+        for ref in butler.query_datasets("trail_matches", limit=None):
+            matches = butler.get(ref)
+            truth = butler.get("injected_visit_image_catalog", ref.dataId)
+            detections = butler.get("trail_catalog", ref.dataId)
+            is_truth = matches["row_type"] == "truth"
+            self.assertEqual(int(is_truth.sum()), int(np.sum(truth["injection_flag"] == 0)))
+            # Every detection is a match, a false positive or a fragment, exactly once.
+            self.assertEqual(int(matches["detected"].sum()) + int((~is_truth).sum()), len(detections))
+            self.assertTrue(set(matches["stack_status"][is_truth]) <= {"found", "broken", "missed"})
+            n_truth += int(is_truth.sum())
+        metrics = butler.get("trail_detection_metrics", instrument="SimCam")
+        self.assertEqual(metrics["n_truth"], n_truth)
+        self.assertEqual(metrics["n_images"], VISITS * DETECTORS)
+        for curve in ("cnn", "stack", "hough", "ideal", "ideal_shape"):
+            self.assertIn(curve, metrics["completeness_nu_det"])
+        # Telling trails from stars can only cost the ideal detector completeness.
+        for shaped, ideal in zip(
+            metrics["completeness_nu_det"]["ideal_shape"]["completeness"],
+            metrics["completeness_nu_det"]["ideal"]["completeness"],
+        ):
+            if ideal is not None and np.isfinite(ideal):
+                self.assertLessEqual(shaped, ideal + 1e-12)
+        self.assertTrue(metrics["goals"])
+        out = os.path.join(self.tmp, "report")
+        proc = run_cli("report", self.repo, "--collections", collection, "--out", out)
+        self.assertIn("2-5", proc.stdout)
+        self.assertIn("detectTrails: median", proc.stdout)
+        page = Path(out, "index.html").read_text()
+        self.assertIn("data:image/png;base64,", page)
+        self.assertIn("Goals", page)
+
+
+class SurveyRepoTestCase(SurveyRepoMixin, lsst.utils.tests.TestCase):
+    """Build a small survey repository once with ``trail-detect make-repo`` and check it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.make_survey()
 
     @classmethod
     def tearDownClass(cls):
@@ -302,40 +380,6 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
             self.assertGreater(np.mean(gal_ext), 0.8)
         self.assertGreater(n_faint, 10)
         self.assertLess(faint_found / n_faint, 0.1)
-
-    def run_pipeline(self, name, output, inputs="SimCam/runs/survey,SimCam/defaults", extra=()):
-        from lsst.trail_detect.paths import package_dir, pipeline_path
-
-        pipeline = name if os.path.isabs(name) else str(pipeline_path(name))
-        exe = Path(sys.executable).parent / "pipetask"
-        cmd = [
-            str(exe) if exe.exists() else "pipetask",
-            "run",
-            "-b",
-            self.repo,
-            "-i",
-            inputs,
-            "-o",
-            output,
-            "-p",
-            pipeline,
-            "--register-dataset-types",
-            "-j",
-            "2",
-            *extra,
-        ]
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=900,
-            env=dict(os.environ, TRAIL_DETECT_DIR=str(package_dir())),
-        )
-        self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
-        from lsst.daf.butler import Butler
-
-        return Butler.from_config(self.repo, collections=output)
 
     def injected(self):
         """Run InjectTrails once for the tests that need injected images; return its Butler."""
@@ -562,42 +606,6 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
         self.assertIn("seconds_inference", metadata["detectTrails"])
         del butler
 
-    def check_evaluation(self, butler, collection):
-        """EndToEnd's detection, matching and evaluation outputs, and the report made from them."""
-        self.assertEqual(len(butler.query_datasets("trail_catalog", limit=None)), VISITS * DETECTORS)
-        self.assertEqual(len(butler.query_datasets("hough_trail_catalog", limit=None)), VISITS * DETECTORS)
-        n_truth = 0
-        for ref in butler.query_datasets("trail_matches", limit=None):
-            matches = butler.get(ref)
-            truth = butler.get("injected_visit_image_catalog", ref.dataId)
-            detections = butler.get("trail_catalog", ref.dataId)
-            is_truth = matches["row_type"] == "truth"
-            self.assertEqual(int(is_truth.sum()), int(np.sum(truth["injection_flag"] == 0)))
-            # Every detection is a match, a false positive or a fragment, exactly once.
-            self.assertEqual(int(matches["detected"].sum()) + int((~is_truth).sum()), len(detections))
-            self.assertTrue(set(matches["stack_status"][is_truth]) <= {"found", "broken", "missed"})
-            n_truth += int(is_truth.sum())
-        metrics = butler.get("trail_detection_metrics", instrument="SimCam")
-        self.assertEqual(metrics["n_truth"], n_truth)
-        self.assertEqual(metrics["n_images"], VISITS * DETECTORS)
-        for curve in ("cnn", "stack", "hough", "ideal", "ideal_shape"):
-            self.assertIn(curve, metrics["completeness_nu_det"])
-        # Telling trails from stars can only cost the ideal detector completeness.
-        for shaped, ideal in zip(
-            metrics["completeness_nu_det"]["ideal_shape"]["completeness"],
-            metrics["completeness_nu_det"]["ideal"]["completeness"],
-        ):
-            if ideal is not None and np.isfinite(ideal):
-                self.assertLessEqual(shaped, ideal + 1e-12)
-        self.assertTrue(metrics["goals"])
-        out = os.path.join(self.tmp, "report")
-        proc = run_cli("report", self.repo, "--collections", collection, "--out", out)
-        self.assertIn("2-5", proc.stdout)
-        self.assertIn("detectTrails: median", proc.stdout)
-        page = Path(out, "index.html").read_text()
-        self.assertIn("data:image/png;base64,", page)
-        self.assertIn("Goals", page)
-
     def test_inject_trails_pipeline(self):
         """pipetask run of InjectTrails and EndToEnd; outputs read back through the Butler."""
         for name, output, strict in (
@@ -656,86 +664,6 @@ class SurveyRepoTestCase(lsst.utils.tests.TestCase):
             for ref in butler.query_datasets("trail_injection_catalog", limit=None)
         )
         self.assertEqual(rows, n_trails)
-        del butler
-
-    def test_difference_pipeline(self):
-        """pipetask run of EndToEndDifference: templates, subtraction, detection and evaluation."""
-        from lsst.trail_detect.imageutils import psf_sigma
-
-        output = "u/test/difference"
-        butler = self.run_pipeline("EndToEndDifference.yaml", output, extra=("-c", "detectTrails:threads=1"))
-        self.check_evaluation(butler, output)
-        for ref in butler.query_datasets("injected_difference_image", limit=None):
-            difference = butler.get(ref)
-            science = butler.get("injected_visit_image", ref.dataId)
-            template = butler.get("template_detector", ref.dataId)
-            reference = butler.get("difference_image", ref.dataId)
-            truth_mask = butler.get("injected_trail_mask", ref.dataId).get("TRAIL")
-            self.assertEqual(difference.bbox, science.bbox)
-            # The template is the static sky: deeper, sharper, without the visit's artefacts.
-            self.assertLessEqual(psf_sigma(template), psf_sigma(science) * 1.05)
-            self.assertFalse(template.mask.get("COSMIC_RAY").any())
-            self.assertLess(
-                float(np.median(template.variance.array)), 0.2 * float(np.nanmedian(science.variance.array))
-            )
-            self.assertEqual(psf_sigma(difference), psf_sigma(science))
-            self.assertIn("DIFF_KERNEL_STAMPS", difference.metadata)
-            good = np.isfinite(difference.variance.array)
-            self.assertTrue(
-                np.all(difference.variance.array[good] >= science.variance.array[good] * (1 - 1e-6))
-            )
-            # The stars and galaxies are gone and the trails are left: far fewer detected pixels
-            # than on the visit image, and the injected flux where the trails are.
-            self.assertLess(difference.mask.get("DETECTED").mean(), 0.3 * science.mask.get("DETECTED").mean())
-            injected_flux = float(
-                np.sum(
-                    (science.image.array - self.butler.get("visit_image", ref.dataId).image.array)[truth_mask]
-                )
-            )
-            found_flux = float(np.sum((difference.image.array - reference.image.array)[truth_mask & good]))
-            self.assertFloatsAlmostEqual(found_flux, injected_flux, rtol=0.1)
-        for name, dia_name in (
-            ("injected_dia_source", "injected_difference_image"),
-            ("dia_source", "difference_image"),
-        ):
-            refs = butler.query_datasets(name, limit=None)
-            self.assertEqual(len(refs), VISITS * DETECTORS)
-            for ref in refs:
-                self.assertLess(len(butler.get(ref)), len(self.butler.get("source", ref.dataId)))
-        # The model's calibration for difference images was used: it runs the source search.
-        ref = butler.query_datasets("trail_catalog", limit=None)[0]
-        metadata = butler.get("detectTrails_metadata", ref.dataId)["detectTrails"]
-        self.assertIn("seconds_source_search", metadata)
-        # A calibration for difference images, made on these images, is stored beside the visit one.
-        from lsst.trail_detect.models.storage import TrailDetectorModel
-        from lsst.trail_detect.paths import default_model_path
-
-        out = os.path.join(self.tmp, "difference_calibrated.safetensors")
-        proc = run_cli(
-            "calibrate",
-            self.repo,
-            out,
-            "--collections",
-            output,
-            "--model",
-            str(default_model_path()),
-            "--split",
-            "all",
-            "--image-type",
-            "injected_difference_image",
-            "--calibration",
-            "difference",
-            "--source-search",
-            "--folds",
-            "1",
-        )
-        self.assertIn("Calibrated on 4 images", proc.stdout)
-        shipped, calibrated = TrailDetectorModel.load(default_model_path()), TrailDetectorModel.load(out)
-        self.assertEqual(calibrated.metadata["score_calibration"], shipped.metadata["score_calibration"])
-        self.assertIn("source_search", calibrated.metadata["difference"])
-        self.assertNotIn("line_search", calibrated.metadata["difference"])
-        provenance = calibrated.metadata["difference"]["score_calibration"]["validation"]["provenance"]
-        self.assertEqual(provenance["image_type"], "injected_difference_image")
         del butler
 
 
