@@ -260,6 +260,31 @@ class SourceSearchTestCase(lsst.utils.tests.TestCase):
 
     SIGMA = 1.6
 
+    @classmethod
+    def setUpClass(cls):
+        import torch
+
+        from lsst.trail_detect.detection.detect import load_network
+        from lsst.trail_detect.models.storage import TrailDetectorModel
+        from lsst.trail_detect.paths import default_model_path
+
+        torch.set_num_threads(1)
+        cls.shipped = TrailDetectorModel.load(default_model_path())
+        cls.network = load_network(cls.shipped, "cpu")
+
+    def detect(self, image, variance, **kwargs):
+        """`detect_trails` with the shipped network and the source search."""
+        from lsst.trail_detect.detection.detect import detect_trails
+
+        return detect_trails(
+            image,
+            variance,
+            network=self.network,
+            psf_sigma=self.SIGMA,
+            source_search=SourceSearchConfig(),
+            **kwargs,
+        )
+
     def make_image(self):
         rng = np.random.default_rng(8)
         shape = (200, 200)
@@ -292,27 +317,14 @@ class SourceSearchTestCase(lsst.utils.tests.TestCase):
             SourceSearchConfig.from_dict({"thresh": 5})
 
     def test_in_detection(self):
-        import torch
         from astropy.table import Table
 
-        from lsst.trail_detect.detection.detect import detect_trails, load_network
         from lsst.trail_detect.evaluation.matching import match_trails
-        from lsst.trail_detect.models.storage import TrailDetectorModel
-        from lsst.trail_detect.paths import default_model_path
 
-        torch.set_num_threads(1)
-        network = load_network(TrailDetectorModel.load(default_model_path()), "cpu")
         image, variance = self.make_image()
         truth = Table(rows=[(47.0, 50.0, 53.0, 54.0)], names=("x_start", "y_start", "x_end", "y_end"))
         truth["injection_flag"] = 0
-        result = detect_trails(
-            image,
-            variance,
-            network=network,
-            psf_sigma=self.SIGMA,
-            keep_rejected=True,
-            source_search=SourceSearchConfig(),
-        )
+        result = self.detect(image, variance, keep_rejected=True)
         catalog = result.catalog
         self.assertIn("source_search", result.timing)
         sources = catalog[catalog["origin"] == "source"]
@@ -330,27 +342,16 @@ class SourceSearchTestCase(lsst.utils.tests.TestCase):
         self.assertTrue(np.isnan(catalog["peak_snr"][catalog["origin"] != "source"]).all())
 
     def test_template_snr(self):
-        import torch
-
-        from lsst.trail_detect.detection.detect import detect_trails, load_network
-        from lsst.trail_detect.models.storage import TrailDetectorModel
-        from lsst.trail_detect.paths import default_model_path
-
-        torch.set_num_threads(1)
-        network = load_network(TrailDetectorModel.load(default_model_path()), "cpu")
         image, variance = self.make_image()
         xx, yy = grid(image.shape)
         # A variable star: a point source in the difference image on a star of the template.
         image += 150.0 * trail_model(xx, yy, 100.0, 60.0, 100.0, 60.0, self.SIGMA)
         template = 2000.0 * trail_model(xx, yy, 100.0, 60.0, 100.0, 60.0, 1.2)
         template = (template + np.random.default_rng(1).normal(0, 0.3, image.shape)).astype(np.float32)
-        result = detect_trails(
+        result = self.detect(
             image,
             variance,
-            network=network,
-            psf_sigma=self.SIGMA,
             keep_rejected=True,
-            source_search=SourceSearchConfig(),
             template=(template, np.full(image.shape, 0.09, np.float32), 1.2),
         )
         catalog = result.catalog[result.catalog["origin"] == "source"]
@@ -368,29 +369,15 @@ class SourceSearchTestCase(lsst.utils.tests.TestCase):
             "scale": [1.0, 1.0],
         }
         with self.assertRaisesRegex(ValueError, "uses the template"):
-            detect_trails(
-                image,
-                variance,
-                network=network,
-                psf_sigma=self.SIGMA,
-                source_search=SourceSearchConfig(),
-                source_score_calibration=calibration,
-            )
+            self.detect(image, variance, source_score_calibration=calibration)
         with self.assertRaisesRegex(ValueError, "template shape"):
-            detect_trails(
-                image,
-                variance,
-                network=network,
-                psf_sigma=self.SIGMA,
-                template=(template[:10], template, 1.2),
-            )
+            self.detect(image, variance, template=(template[:10], template, 1.2))
 
     def test_model_settings(self):
         from lsst.trail_detect.detection.detect import model_settings
         from lsst.trail_detect.models.storage import TrailDetectorModel
-        from lsst.trail_detect.paths import default_model_path
 
-        shipped = TrailDetectorModel.load(default_model_path())
+        shipped = self.shipped
         visit = model_settings(shipped)
         self.assertIsNone(visit["source_search"])
         metadata = {k: v for k, v in shipped.metadata.items() if k != "difference"}
