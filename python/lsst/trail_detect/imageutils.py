@@ -32,6 +32,7 @@ __all__ = (
     "psf_sigma",
     "shift_pixel_columns",
     "sky_to_pixel_function",
+    "variance_with_missing",
 )
 
 import numpy as np
@@ -88,6 +89,16 @@ def psf_sigma(visit_image) -> float:
 def mask_planes(visit_image) -> dict[str, np.ndarray]:
     """Return every mask plane of a visit image as boolean arrays."""
     return {name: visit_image.mask.get(name) for name in visit_image.mask.schema.names}
+
+
+def variance_with_missing(visit_image, planes=("NO_DATA",)) -> np.ndarray:
+    """A float32 copy of a visit image's variance with NaN where any of ``planes`` is set."""
+    variance = np.array(visit_image.variance.array, dtype=np.float32)
+    names = visit_image.mask.schema.names
+    for name in planes:
+        if name in names:
+            variance[visit_image.mask.get(name)] = np.nan
+    return variance
 
 
 def any_plane(planes: dict[str, np.ndarray], names, shape: tuple[int, int]) -> np.ndarray:

@@ -54,6 +54,7 @@ import numpy as np
 
 from ..evaluation.metrics import DETECTOR_4K_PIXELS
 from .detect import (
+    CALIBRATIONS,
     LINE_SCORE_FEATURES,
     SCORE_FEATURES,
     SOURCE_SCORE_FEATURES,
@@ -266,8 +267,8 @@ def calibrate_trail_model(
     with_template = None
     if folds < 1:
         raise ValueError(f"folds must be at least 1, not {folds}.")
-    if target not in ("visit", "difference"):
-        raise ValueError(f"unknown calibration target {target!r}; use 'visit' or 'difference'.")
+    if target not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration target {target!r}; use one of {CALIBRATIONS}.")
     # Per image and origin: the candidates' properties and whether each is real.
     properties, real = [], []
     images = []
@@ -515,11 +516,12 @@ def template_arrays(template, exposure) -> tuple[np.ndarray, np.ndarray, float]:
     ValueError
         If the template is not on the image's pixel grid.
     """
-    from ..imageutils import psf_sigma
+    from ..imageutils import psf_sigma, variance_with_missing
 
     if template.bbox != exposure.bbox:
         raise ValueError(f"template bounding box {template.bbox} does not match the image's {exposure.bbox}.")
-    variance = np.array(template.variance.array, dtype=np.float32)
-    if "NO_DATA" in template.mask.schema.names:
-        variance[template.mask.get("NO_DATA")] = np.nan
-    return np.asarray(template.image.array, dtype=np.float32), variance, psf_sigma(template)
+    return (
+        np.asarray(template.image.array, dtype=np.float32),
+        variance_with_missing(template),
+        psf_sigma(template),
+    )

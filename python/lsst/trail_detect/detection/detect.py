@@ -286,7 +286,7 @@ def model_settings(
                 "--image-type injected_difference_image --calibration difference`."
             )
     else:
-        raise ValueError(f"unknown calibration {calibration!r}; use 'visit' or 'difference'.")
+        raise ValueError(f"unknown calibration {calibration!r}; use one of {CALIBRATIONS}.")
     line = meta.get("line_search") if line_search else None
     source = meta.get("source_search") if source_search else None
     return {
@@ -325,6 +325,9 @@ _FEATURE_TRANSFORMS = {
     "width_ratio": ("abs_log_ratio", 0.2),
     "template_snr": ("log", 1.0),
 }
+
+#: The kinds of image a model can carry a calibration for (`model_settings`'s ``calibration``).
+CALIBRATIONS = ("visit", "difference")
 
 #: The property a calibration for difference images adds to every source's: the highest
 #: PSF-filtered SNR of the template along the candidate (a static source under it).
@@ -553,22 +556,21 @@ def _near_edge(c: TrailCandidate, shape: tuple[int, int], no_data: np.ndarray | 
     return False
 
 
-def band_probability(candidate: TrailCandidate, probability: np.ndarray, half_width: float) -> float:
-    """Highest network probability within ``half_width`` of a segment."""
-    c = candidate
-    box, inside = segment_band(probability.shape, c.x_start, c.y_start, c.x_end, c.y_end, half_width)
-    values = probability[box][inside]
-    return float(values.max()) if values.size else 0.0
-
-
-def band_maximum(candidate: TrailCandidate, values: np.ndarray, half_width: float) -> float:
-    """Highest value of a map within ``half_width`` of a segment, also past its ends."""
+def band_maximum(
+    candidate: TrailCandidate, values: np.ndarray, half_width: float, extend: float = 0.0
+) -> float:
+    """Highest value of a map within ``half_width`` of a segment (and ``extend`` past its ends); 0 if none."""
     c = candidate
     box, inside = segment_band(
-        values.shape, c.x_start, c.y_start, c.x_end, c.y_end, half_width, extend=half_width
+        values.shape, c.x_start, c.y_start, c.x_end, c.y_end, half_width, extend=extend
     )
     inner = values[box][inside]
     return float(inner.max()) if inner.size else 0.0
+
+
+def band_probability(candidate: TrailCandidate, probability: np.ndarray, half_width: float) -> float:
+    """Highest network probability within ``half_width`` of a segment."""
+    return band_maximum(candidate, probability, half_width)
 
 
 def _properties(c: TrailCandidate) -> dict[str, list[float]]:
@@ -823,7 +825,9 @@ def detect_trails(
             fitted.max_probability = band_probability(fitted, probability, 2.0 * psf_sigma)
         fitted.width_ratio = fitted.width_sigma / psf_sigma if fitted.fit_ok else float("nan")
         if template_snr_map is not None:
-            fitted.template_snr = band_maximum(fitted, template_snr_map, 1.5 * psf_sigma)
+            fitted.template_snr = band_maximum(
+                fitted, template_snr_map, 1.5 * psf_sigma, extend=1.5 * psf_sigma
+            )
         fitted.rejected = classify_candidate(
             fitted, psf_sigma, source_config if from_source else config, saturated, blobs
         )

@@ -145,7 +145,7 @@ def source_search(
     peak = np.asarray(ndimage.maximum(snr, labels, index), dtype=float)
     above = np.asarray(ndimage.sum_labels(snr > config.threshold, labels, index), dtype=float)
     keep = (peak >= config.threshold) & (above >= config.min_pixels)
-    order = np.argsort(-np.where(keep, peak, -np.inf))[: int(keep.sum())][: config.max_candidates]
+    order = np.argsort(-np.where(keep, peak, -np.inf))[: min(int(keep.sum()), config.max_candidates)]
     lookup = np.zeros(n + 1, dtype=np.int32)
     lookup[order + 1] = np.arange(1, len(order) + 1)
     kept_labels = lookup[labels]

@@ -97,13 +97,13 @@ def convolve_gaussian(image: np.ndarray, variance: np.ndarray, sigma: float) -> 
     return data.astype(np.float32), var.astype(np.float32)
 
 
-def _grow(bad: np.ndarray, kernel_sigma: float) -> np.ndarray:
-    """Grow a mask of missing pixels by the reach of the convolution kernel."""
+def _grow(bad: np.ndarray, radius: int) -> np.ndarray:
+    """Grow a mask of missing pixels by the reach (pixels) of the convolution kernel."""
     if not bad.any():
         return bad
     from scipy.ndimage import binary_dilation
 
-    return binary_dilation(bad, iterations=max(int(math.ceil(4 * kernel_sigma)), 1))
+    return binary_dilation(bad, iterations=max(radius, 1))
 
 
 def kernel_stamp_centres(
@@ -331,7 +331,8 @@ def subtract_images(
             matched_ref, matched_ref_var = convolve_gaussian(reference, reference_var, kernel_sigma)
     else:
         matched_ref, matched_ref_var = apply_kernel(reference, reference_var, kernel)
-    reach = kernel_sigma if kernel is None else (kernel.shape[0] // 2) / 4.0
+    # How far a missing pixel spreads: the Gaussian's 4 sigmas, or the fitted kernel's half-size.
+    reach = int(math.ceil(4 * kernel_sigma)) if kernel is None else kernel.shape[0] // 2
     if convolved == "template":
         bad_template = _grow(bad_template, reach)
         difference = science - matched_ref - background

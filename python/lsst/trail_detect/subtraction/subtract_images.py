@@ -119,7 +119,7 @@ class SubtractImagesTask(pipeBase.PipelineTask):
         from lsst.images import ObservationSummaryStats, VisitImage
         from lsst.images.psfs import GaussianPointSpreadFunction
 
-        from ..imageutils import any_plane, mask_planes, psf_sigma
+        from ..imageutils import any_plane, mask_planes, psf_sigma, variance_with_missing
         from .matching import subtract_images
 
         if science.bbox != template.bbox:
@@ -131,10 +131,7 @@ class SubtractImagesTask(pipeBase.PipelineTask):
                 f"template unit {template.image.unit} differs from the science image's {science.image.unit}."
             )
         sigma_science, sigma_template = psf_sigma(science), psf_sigma(template)
-        template_variance = np.array(template.variance.array, dtype=np.float32)
-        for name in self.config.template_bad_planes:
-            if name in template.mask.schema.names:
-                template_variance[template.mask.get(name)] = np.nan
+        template_variance = variance_with_missing(template, self.config.template_bad_planes)
         bad = any_plane(mask_planes(science), self.config.kernel_excluded_planes, science.image.array.shape)
         result = subtract_images(
             science.image.array,
