@@ -34,6 +34,7 @@ from lsst.trail_detect.detection.line_search import (
     extend_segment,
     line_search,
     remove_line_patterns,
+    robust_scatter,
     segment_chunk_snr,
     segment_kernel,
     segment_snr,
@@ -138,6 +139,33 @@ class LineSearchTestCase(lsst.utils.tests.TestCase):
         truth = TrailCandidate(*segment, np.zeros(0), np.zeros(0), np.zeros(0), max_probability=0.0)
         self.assertTrue(same_trail(best, truth, SIGMA))
         self.assertGreater(best.length, 0.4 * truth.length)
+
+    def test_noise_normalization(self):
+        """Correlated noise, whose matched-filter scatter the variance plane understates, gives false
+        trails unless the search measures each kernel's scatter; the trail is found either way.
+        """
+        from scipy import ndimage
+
+        rng = np.random.default_rng(21)
+        shape = (384, 384)
+        segment = (60.0, 80.0, 300.0, 260.0)
+        # Unit pixel variance, 15% of it smoothed over a pixel: a PSF-filter scatter of about 1.5.
+        smooth = ndimage.gaussian_filter(rng.normal(size=shape), 1.0)
+        noise = math.sqrt(0.85) * rng.normal(size=shape) + math.sqrt(0.15) * smooth / smooth.std()
+        trail = trail_image(shape, segment, 2.5, noise=1.5)
+        image = (noise + trail).astype(np.float32)
+        variance = np.ones(shape, dtype=np.float32)
+        truth = TrailCandidate(*segment, np.zeros(0), np.zeros(0), np.zeros(0), max_probability=0.0)
+        plain = line_search(image, variance, SIGMA, config=LineSearchConfig(threshold=6.0))
+        self.assertGreater(sum(not same_trail(c, truth, SIGMA) for c in plain.candidates), 3)
+        config = LineSearchConfig(threshold=6.0, normalize_noise=True)
+        found = line_search(image, variance, SIGMA, config=config)
+        self.assertGreaterEqual(len(found.candidates), 1)
+        # The trail is longer than the longest kernel, so it may come in pieces: all of them its own.
+        self.assertTrue(all(same_trail(c, truth, SIGMA) for c in found.candidates))
+        # The scatter of a normal map, and the fallback for a map with nothing in it.
+        self.assertAlmostEqual(robust_scatter(1.3 * rng.normal(size=(1000, 1000))), 1.3, delta=0.03)
+        self.assertEqual(robust_scatter(np.zeros((50, 50))), 1.0)
 
     def test_remove_line_patterns(self):
         """Column and row offsets go; a trail across them keeps its flux."""
@@ -279,6 +307,8 @@ class LineSearchTestCase(lsst.utils.tests.TestCase):
             LineSearchConfig(lengths_fwhm=(0.0,))
         with self.assertRaisesRegex(ValueError, "min_coverage"):
             LineSearchConfig(min_coverage=1.5)
+        config = LineSearchConfig(normalize_noise=True)
+        self.assertEqual(LineSearchConfig.from_dict(config.to_dict()), config)
 
 
 class DuplicateTestCase(lsst.utils.tests.TestCase):

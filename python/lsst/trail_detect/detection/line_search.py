@@ -99,6 +99,12 @@ class LineSearchConfig:
     spare_max_snr : `float`
         Only footprints whose peak PSF-filter SNR is below this are spared
         (bright trails are the network's; elongated galaxies stay masked).
+    normalize_noise : `bool`
+        Divide each kernel's SNR map by its robust scatter over the image
+        (1.4826 times its median absolute deviation), so that the threshold
+        means the same for every kernel where the noise is not white (the
+        convolved template of a difference image, residual background) or
+        the variance plane is off.
     """
 
     lengths_fwhm: tuple[float, ...] = (5.0, 10.0, 20.0)
@@ -112,6 +118,7 @@ class LineSearchConfig:
     remove_patterns: bool = True
     spare_elongation: float | None = None
     spare_max_snr: float = 8.0
+    normalize_noise: bool = False
 
     @classmethod
     def from_dict(cls, values: dict) -> LineSearchConfig:
@@ -311,6 +318,20 @@ class _Scale:
         snr = np.zeros(self.data.shape, dtype=np.float32)
         np.divide(num, np.sqrt(np.maximum(den, 1e-30)), out=snr, where=covered, casting="unsafe")
         return snr
+
+
+def robust_scatter(snr: np.ndarray, stride: int = 5) -> float:
+    """1.4826 times the median absolute deviation of the non-zero values of an SNR map (1 if none).
+
+    Every ``stride``-th pixel of each axis is used: the scatter of a map
+    smoothed by a kernel needs no more.
+    """
+    values = snr[::stride, ::stride]
+    values = values[values != 0]
+    if values.size < 100:
+        return 1.0
+    scatter = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    return scatter if scatter > 0 else 1.0
 
 
 def remove_line_patterns(image: np.ndarray, use: np.ndarray, min_pixels: int = 64) -> np.ndarray:
@@ -577,6 +598,8 @@ def line_search(
         scale_kernel = np.full(scale.data.shape, -1, dtype=np.int32)
         for length, angle, kernel in bank:
             snr = scale.snr(kernel, config.min_coverage)
+            if config.normalize_noise:
+                snr /= robust_scatter(snr)
             better = snr > scale_best
             scale_best[better] = snr[better]
             scale_kernel[better] = len(kernels)
