@@ -254,23 +254,33 @@ class MatchTrailsTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(match_trails(det_off, truth_long).det_status[0], "false_positive")
         det_close = segments([along(100, 100, 24, -100, 100)])
         self.assertEqual(match_trails(det_close, truth_long).det_status[0], "matched")
-        # 20 px long with psf_sigma 2: tolerance atan(4 / 20) = 11.3 degrees.
+        # 20 px long with psf_sigma 2 (max_distance 4 px): tolerance atan(2 * 4 / 20) = 21.8 degrees.
         truth_mid = truth_table([along(100, 100, 20, -10, 10)])
         self.assertEqual(
-            match_trails(segments([along(100, 100, 28, -10, 10)]), truth_mid).det_status[0], "matched"
+            match_trails(segments([along(100, 100, 35, -10, 10)]), truth_mid).det_status[0], "matched"
         )
         self.assertEqual(
-            match_trails(segments([along(100, 100, 35, -10, 10)]), truth_mid).det_status[0], "false_positive"
+            match_trails(segments([along(100, 100, 45, -10, 10)]), truth_mid).det_status[0], "false_positive"
+        )
+        # The angle allowed is the one at which the ends reach max_distance: a 40 px detection
+        # turned 10 degrees has its ends 3.5 px off, within 4 px; turned 13 degrees, 4.5 px.
+        truth_40 = truth_table([along(100, 100, 20, -20, 20)])
+        self.assertEqual(
+            match_trails(segments([along(100, 100, 30, -20, 20)]), truth_40).det_status[0], "matched"
+        )
+        self.assertEqual(
+            match_trails(segments([along(100, 100, 33, -20, 20)]), truth_40).det_status[0], "false_positive"
         )
 
     def test_short_trail_wrong_angle(self):
         """A trail shorter than 3 psf sigma matches a detection at a wrong-ish angle."""
         truth = truth_table([along(50, 50, 0, -2.5, 2.5)])  # 5 px, below 3 * 2 px
-        det = segments([along(50.5, 50, 40, -3, 3)])
+        det = segments([along(50.5, 50, 70, -3, 3)])
         result = match_trails(det, truth, psf_sigma=2.0)
         self.assertEqual(result.det_status[0], "matched")
-        self.assertFloatsAlmostEqual(result.angle_difference[0], 40.0, atol=1e-6)
-        # With a sharp PSF the same pair is too long for the angle to be forgiven.
+        self.assertFloatsAlmostEqual(result.angle_difference[0], 70.0, atol=1e-6)
+        # With a sharp PSF the same pair is too long for the angle to be forgiven (the tolerance is
+        # atan(2 * 3 / 5) = 50 degrees, the 3 px least max_distance at the ends).
         self.assertEqual(match_trails(det, truth, psf_sigma=0.5).det_status[0], "false_positive")
 
     def test_false_positive(self):

@@ -132,15 +132,19 @@ def _lengths(seg: np.ndarray) -> np.ndarray:
     return np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
 
 
-def _angle_tolerance(short_length: np.ndarray, max_angle: float, psf_sigma: float) -> np.ndarray:
+def _angle_tolerance(
+    short_length: np.ndarray, max_angle: float, psf_sigma: float, max_distance: float
+) -> np.ndarray:
     """Angle tolerance (degrees) for pairs whose shorter segment is ``short_length`` long.
 
-    ``max(max_angle, atan(2 psf_sigma / L))``: the direction of a segment of
-    length ``L`` blurred by a PSF of width about ``2 psf_sigma`` is uncertain
-    by about that angle. Below ``L = 3 psf_sigma`` any angle is allowed.
+    ``max(max_angle, atan(2 max_distance / L))``: a segment of length ``L``
+    centred on a line and turned by that angle has both ends
+    ``max_distance`` from it, the distance a match may lie at; the direction
+    of a short or faint segment blurred by the PSF is no better known. Below
+    ``L = 3 psf_sigma`` any angle is allowed.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        tol = np.maximum(max_angle, np.degrees(np.arctan2(2.0 * psf_sigma, short_length)))
+        tol = np.maximum(max_angle, np.degrees(np.arctan2(2.0 * max_distance, short_length)))
     return np.where(short_length < 3.0 * psf_sigma, 90.0, tol)
 
 
@@ -365,11 +369,13 @@ def match_trails(
     A pair is a candidate when all of these hold (metrics of
     `segment_match_metrics`):
 
-    - ``angle_difference <= max(max_angle, atan(2 psf_sigma / L))`` with
-      ``L`` the length of the shorter of the two segments: the direction of a
-      segment smeared by the PSF is uncertain by about its width over its
-      length. When ``L < 3 psf_sigma`` (or a segment has zero length) the
-      angle is ill-defined and any angle passes;
+    - ``angle_difference <= max(max_angle, atan(2 max_distance / L))`` with
+      ``L`` the length of the shorter of the two segments: the shorter
+      segment, centred on the other and turned by that angle, has its ends
+      ``max_distance`` from it, as far as the distance criterion lets a
+      match lie (the direction of a segment smeared by the PSF is uncertain
+      by about its width over its length). When ``L < 3 psf_sigma`` (or a
+      segment has zero length) the angle is ill-defined and any angle passes;
     - ``perpendicular_distance <= max_distance``;
     - ``overlap >= min_overlap`` and ``overlap > 0``.
 
@@ -398,7 +404,7 @@ def match_trails(
     overlap = metrics["overlap"]
 
     short = np.minimum(_lengths(dseg)[:, None], _lengths(tseg)[None, :])
-    tolerance = _angle_tolerance(short, max_angle, psf_sigma)
+    tolerance = _angle_tolerance(short, max_angle, psf_sigma, max_distance)
     with np.errstate(invalid="ignore"):
         angle_ok = ~np.isfinite(angle) | (angle <= tolerance)
         geometry_ok = angle_ok & (perp <= max_distance) & valid[None, :] & (overlap > 0)
@@ -956,7 +962,7 @@ def classify_false_positives(
         sseg = _segments(satellites)
         metrics = _pair_metrics(seg, sseg)
         short = np.minimum(length[:, None], _lengths(sseg)[None, :])
-        tolerance = _angle_tolerance(short, max_angle, psf_sigma)
+        tolerance = _angle_tolerance(short, max_angle, psf_sigma, psf_sigma)
         with np.errstate(invalid="ignore"):
             on_satellite = (
                 (~np.isfinite(metrics["angle_difference"]) | (metrics["angle_difference"] <= tolerance))
